@@ -27,8 +27,9 @@ class FamilyAdapter:
     bos_token: str | None = None  # the tokenizer's bos string must equal this (SmolLM2: <|im_start|>)
     name_patterns: tuple[str, ...] = ()  # anchored regexes on the model's basename, last resort
     priority: int = 0
-    # loading
-    trust_remote_code: bool = False
+    # loading (read by the gateway's loader, not by the pipeline)
+    trust_remote_code: bool = False  # only where the checkpoint's auto_map demands custom code
+    needs_external_tokenizer: bool = False  # the checkpoint ships no tokenizer (OpenELM: Llama-2's)
     # prompt
     template_policy: TemplatePolicy = "tokenizer"
     chat_template: str | None = None  # file name under adapters/templates/
@@ -36,7 +37,9 @@ class FamilyAdapter:
     # tokens and stopping
     eos_override: str | None = None
     pad_preference: tuple[str, ...] = ()
-    extra_stop_tokens: tuple[str, ...] = ()
+    extra_stop_tokens: tuple[str, ...] = ()  # resolved to ids at load, only if present in the vocab
+    stop_strings: tuple[str, ...] = ()  # text-only turn markers (OpenELM's <|user|> is not a token)
     expected_ids: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     # tools (used by a later issue)
     tool_parser: str | None = None
+    tool_parser_marker: str | None = None  # the parser applies only if the chosen template contains this

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
@@ -46,6 +46,8 @@ class PromptPipeline:
     template_adds_bos: bool
     stop_token_ids: frozenset[int]
     pad_token_id: int | None
+    eos_token_id: int | None = None  # the primary eos after the adapter's eos_override
+    id_mismatches: dict[str, dict[str, int | None]] = field(default_factory=dict)
 
     @classmethod
     def build(
@@ -67,10 +69,27 @@ class PromptPipeline:
             template_adds_bos=False,
             stop_token_ids=frozenset(_stop_ids(tokenizer, adapter, config or {}, generation_config or {})),
             pad_token_id=_pad_id(tokenizer, adapter, generation_config or {}),
+            eos_token_id=_eos_id(tokenizer, adapter),
         )
         pipeline.template_adds_bos = pipeline._probe_template_bos()
         pipeline._check_expected_ids()
         return pipeline
+
+    # ---- resolved, record-driven facts ------------------------------------------------------------
+    @property
+    def stop_strings(self) -> tuple[str, ...]:
+        """Text stops for families whose turn markers are not tokens (merged with the request's stop)."""
+        return self.adapter.stop_strings
+
+    @property
+    def tool_parser(self) -> str | None:
+        """The adapter's tool-call parser, only if the chosen template actually renders that format."""
+        marker = self.adapter.tool_parser_marker
+        if self.adapter.tool_parser is None or self.chat_template is None:
+            return None
+        if marker is not None and marker not in self.chat_template:
+            return None
+        return self.adapter.tool_parser
 
     # ---- chat -------------------------------------------------------------------------------
     @property
@@ -125,7 +144,15 @@ class PromptPipeline:
             "template_adds_bos": self.template_adds_bos,
             "stop_token_ids": sorted(self.stop_token_ids),
             "pad_token_id": self.pad_token_id,
+            "eos_token_id": self.eos_token_id,
+            "stop_strings": list(self.stop_strings),
             "chat": self.supports_chat,
+            "system_strategy": self.adapter.system_strategy,
+            "tool_parser": self.tool_parser,
+            "trust_remote_code": self.adapter.trust_remote_code,
+            "needs_external_tokenizer": self.adapter.needs_external_tokenizer,
+            "expected_ids": dict(self.adapter.expected_ids),
+            "id_mismatches": {token: dict(ids) for token, ids in self.id_mismatches.items()},
         }
 
     # ---- internals ------------------------------------------------------------------------------
@@ -165,8 +192,10 @@ class PromptPipeline:
         for token, expected in self.adapter.expected_ids.items():
             actual = vocab.get(token)
             if actual != expected:
+                self.id_mismatches[token] = {"expected": expected, "actual": actual}
                 logger.warning(
-                    "family %s expects %s to be id %s but the tokenizer has %s",
+                    "family %s expects %s to be id %s but the tokenizer has %s; "
+                    "check that the tokenizer belongs to this model (or pass --family)",
                     self.adapter.name,
                     token,
                     expected,
@@ -205,6 +234,11 @@ def _stop_ids(
         if token and token in vocab:
             ids.add(vocab[token])
     return ids
+
+
+def _eos_id(tokenizer: Any, adapter: FamilyAdapter) -> int | None:
+    override = tokenizer.get_vocab().get(adapter.eos_override) if adapter.eos_override else None
+    return override if override is not None else getattr(tokenizer, "eos_token_id", None)
 
 
 def _pad_id(tokenizer: Any, adapter: FamilyAdapter, generation_config: Mapping[str, Any]) -> int | None:

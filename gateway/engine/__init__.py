@@ -1,0 +1,1 @@
+"""Engines: the protocol, internal types, and the transformers implementation."""

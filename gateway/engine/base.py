@@ -1,0 +1,25 @@
+"""The engine protocol: the seam between the services and whatever runs the model."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol, runtime_checkable
+
+from gateway.engine.types import GenerationDelta, GenerationRequest
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """Runs generations. Closing the iterator early (or `abort`) stops the work within one step."""
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
+        """Stream deltas for one sequence; the final delta has a finish_reason."""
+        ...
+
+    async def abort(self, request_id: str) -> None:
+        """Stop a queued or running generation; unknown ids are ignored."""
+        ...
+
+    async def close(self) -> None:
+        """Stop accepting work and release threads."""
+        ...

@@ -1,0 +1,64 @@
+"""Assemble a served model: files → tokenizer → family → weights → prompt pipeline → engine."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from adapters import AdapterRegistry, PromptPipeline
+from gateway.engine.hf import HFEngine
+from gateway.engine.loader import load_model, load_tokenizer, materialize, read_config
+from gateway.models import ServedModel
+from gateway.settings import EMBEDDED_MODEL, ModelSpec
+
+logger = logging.getLogger(__name__)
+
+_SAMPLING_DEFAULT_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+
+
+def sampling_defaults(generation_config: dict[str, Any]) -> dict[str, float]:
+    """The model authors' recommended sampling values, used where a request leaves a field unset."""
+    return {k: generation_config[k] for k in _SAMPLING_DEFAULT_KEYS if generation_config.get(k) is not None}
+
+
+def build_served_model(spec: ModelSpec, *, cache_dir: Any, adapters: AdapterRegistry | None = None) -> ServedModel:
+    started = time.monotonic()
+    adapters = adapters or AdapterRegistry()
+    model_dir = materialize(spec, cache_dir)
+    tokenizer = load_tokenizer(spec, model_dir)
+    adapter = adapters.resolve(
+        config=read_config(model_dir),
+        tokenizer=tokenizer,
+        model_name=spec.name if spec.source == EMBEDDED_MODEL else spec.source,
+        explicit=spec.family,
+    )
+    loaded = load_model(
+        spec, model_dir, tokenizer, trust_remote_code=spec.trust_remote_code or adapter.trust_remote_code
+    )
+    pipeline = PromptPipeline.build(
+        tokenizer,
+        adapter,
+        config=loaded.config,
+        generation_config=loaded.generation_config,
+        chat_template_override=spec.chat_template.read_text(encoding="utf-8") if spec.chat_template else None,
+        allow_plain_chat=spec.plain_chat_template,
+    )
+    engine = HFEngine(loaded.model, tokenizer, name=spec.name, pad_token_id=pipeline.pad_token_id)
+    served = ServedModel(
+        spec=spec,
+        pipeline=pipeline,
+        engine=engine,
+        context_length=loaded.context_length,
+        vocab_size=engine.vocab_size,
+        sampling_defaults=sampling_defaults(loaded.generation_config),
+        details={"device": str(loaded.device), "dtype": str(loaded.dtype).removeprefix("torch.")},
+    )
+    logger.info(
+        "model %s ready in %.1f s: %s, context %d",
+        spec.name,
+        time.monotonic() - started,
+        pipeline.describe(),
+        loaded.context_length,
+    )
+    return served

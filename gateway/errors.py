@@ -1,0 +1,137 @@
+"""Typed errors and their mapping to the OpenAI error envelope.
+
+    GatewayError                        500 server_error
+    ├── InvalidRequestError             400 invalid_request_error
+    │   ├── ContextLengthExceededError  400 code=context_length_exceeded
+    │   └── UnsupportedParameterError   400 code=unsupported_parameter
+    ├── ModelNotFoundError              404 code=model_not_found
+    ├── ModelNotReadyError              503 (loading or failed), Retry-After
+    └── EngineError                     500 the engine failed while generating
+
+Envelope: {"error": {"message", "type", "param", "code"}}. Errors are mapped by type, never by text.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from adapters import AdapterError
+
+logger = logging.getLogger(__name__)
+
+
+class GatewayError(Exception):
+    status_code = 500
+    error_type = "server_error"
+    default_code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code or self.default_code
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+    def to_dict(self) -> dict[str, Any]:
+        return error_body(self.message, self.error_type, self.param, self.code)
+
+
+class InvalidRequestError(GatewayError):
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class ContextLengthExceededError(InvalidRequestError):
+    default_code = "context_length_exceeded"
+
+
+class UnsupportedParameterError(InvalidRequestError):
+    default_code = "unsupported_parameter"
+
+
+class ModelNotFoundError(GatewayError):
+    status_code = 404
+    error_type = "invalid_request_error"
+    default_code = "model_not_found"
+
+
+class ModelNotReadyError(GatewayError):
+    status_code = 503
+    error_type = "service_unavailable"
+    default_code = "model_not_ready"
+
+    def __init__(self, message: str, *, retry_after: int = 5) -> None:
+        super().__init__(message, param="model")
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class EngineError(GatewayError):
+    """Generation failed inside the engine; retrying the same request would fail the same way."""
+
+    def headers(self) -> dict[str, str]:
+        return {"x-should-retry": "false"}
+
+
+def error_body(message: str, error_type: str, param: str | None = None, code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+def from_adapter_error(exc: AdapterError) -> InvalidRequestError:
+    return InvalidRequestError(str(exc), param=exc.param)
+
+
+def error_response(exc: GatewayError) -> JSONResponse:
+    return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=exc.headers())
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    errors = exc.errors()
+    if not errors:
+        return "Invalid request body.", None
+    first = errors[0]
+    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+    if first.get("type") == "json_invalid":
+        return f"Request body is not valid JSON: {first.get('msg')}", None
+    param = ".".join(loc) or None
+    msg = first.get("msg", "invalid value")
+    extra = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+    return (f"Invalid value for '{param}': {msg}{extra}" if param else f"{msg}{extra}"), param
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map every error the app can raise to the OpenAI envelope (validation → 400, not 422)."""
+
+    @app.exception_handler(GatewayError)
+    async def _gateway(_: Request, exc: GatewayError) -> JSONResponse:
+        if exc.status_code >= 500:
+            logger.error("request failed: %s", exc.message)
+        return error_response(exc)
+
+    @app.exception_handler(AdapterError)
+    async def _adapter(_: Request, exc: AdapterError) -> JSONResponse:
+        return error_response(from_adapter_error(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = _validation_message(exc)
+        return JSONResponse(error_body(message, "invalid_request_error", param, None), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        error_type = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return JSONResponse(
+            error_body(str(exc.detail), error_type, None, None),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )

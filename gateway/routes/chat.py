@@ -1,0 +1,19 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from gateway.deps import ChatServiceDep, SettingsDep
+from gateway.schemas.chat import ChatCompletion, ChatCompletionRequest
+from gateway.streaming import sse_response, until_disconnect
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+
+@router.post("/chat/completions", response_model=ChatCompletion, response_model_exclude_none=False)
+async def create_chat_completion(
+    body: ChatCompletionRequest, request: Request, service: ChatServiceDep, settings: SettingsDep
+):
+    plan = service.prepare(body)  # every 4xx is raised here, before any byte is sent
+    if body.stream:
+        return sse_response(service.stream(plan), settings.sse_ping_seconds)
+    return await until_disconnect(request, service.complete(plan))

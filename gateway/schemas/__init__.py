@@ -1,0 +1,1 @@
+"""OpenAI wire schemas, in one place: requests are lenient, responses exact."""

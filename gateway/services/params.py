@@ -1,0 +1,105 @@
+"""Map OpenAI request fields to internal SamplingParams, with the context-window checks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.engine.types import SamplingParams
+from gateway.errors import ContextLengthExceededError, InvalidRequestError
+from gateway.models import ServedModel
+
+
+@dataclass(frozen=True)
+class SamplingFields:
+    """The sampling-related request fields shared by chat and completions."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repetition_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    stop_token_ids: list[int] | None = None
+    ignore_eos: bool | None = False
+    skip_special_tokens: bool | None = True
+
+
+def budget(
+    prompt_tokens: int, requested: int | None, served: ServedModel, *, default_cap: int | None, noun: str
+) -> int:
+    """max_new_tokens for a prompt: the request's value if it fits, else the rest of the window."""
+    context = served.context_length
+    if requested is None:
+        remaining = context - prompt_tokens
+        if remaining <= 0:
+            raise ContextLengthExceededError(
+                f"This model's maximum context length is {context} tokens. However, your {noun} resulted "
+                f"in {prompt_tokens} tokens. Please reduce the length of the {noun}.",
+                param="messages" if noun == "messages" else "prompt",
+            )
+        return min(remaining, default_cap) if default_cap else remaining
+    if prompt_tokens + requested > context:
+        raise ContextLengthExceededError(
+            f"This model's maximum context length is {context} tokens. However, you requested "
+            f"{prompt_tokens + requested} tokens ({prompt_tokens} in the {noun}, {requested} in the "
+            f"completion). Please reduce the length of the {noun} or completion.",
+            param="max_tokens",
+        )
+    return requested
+
+
+def _token_id(raw: str | int, served: ServedModel, param: str) -> int:
+    try:
+        token_id = int(raw)
+    except (TypeError, ValueError):
+        raise InvalidRequestError(f"Invalid token id {raw!r} in {param}.", param=param) from None
+    if not 0 <= token_id < served.vocab_size:
+        raise InvalidRequestError(
+            f"Token id {token_id} in {param} is out of range for this model (vocabulary size {served.vocab_size}).",
+            param=param,
+        )
+    return token_id
+
+
+def sampling_params(
+    fields: SamplingFields,
+    served: ServedModel,
+    *,
+    max_new_tokens: int,
+    logprobs: int | None = None,
+    prompt_logprobs: int | None = None,
+    seed_offset: int = 0,
+) -> SamplingParams:
+    """Request values win; unset ones fall back to the model's generation_config, then OpenAI defaults."""
+    defaults = served.sampling_defaults
+
+    def pick(value, key: str, fallback):
+        return value if value is not None else defaults.get(key, fallback)
+
+    bias = []
+    for raw, value in (fields.logit_bias or {}).items():
+        if not -100 <= value <= 100:
+            raise InvalidRequestError("logit_bias values must be between -100 and 100.", param="logit_bias")
+        bias.append((_token_id(raw, served, "logit_bias"), float(value)))
+    extra_stops = {_token_id(t, served, "stop_token_ids") for t in fields.stop_token_ids or []}
+    eos = frozenset() if fields.ignore_eos else served.pipeline.stop_token_ids
+    seed = None if fields.seed is None else fields.seed + seed_offset
+    return SamplingParams(
+        max_new_tokens=max_new_tokens,
+        temperature=float(pick(fields.temperature, "temperature", 1.0)),
+        top_p=float(pick(fields.top_p, "top_p", 1.0)),
+        top_k=int(pick(fields.top_k, "top_k", 0)),
+        min_p=float(pick(fields.min_p, "min_p", 0.0)),
+        seed=seed,
+        presence_penalty=fields.presence_penalty or 0.0,
+        frequency_penalty=fields.frequency_penalty or 0.0,
+        repetition_penalty=float(pick(fields.repetition_penalty, "repetition_penalty", 1.0)),
+        logit_bias=tuple(bias),
+        logprobs=logprobs,
+        prompt_logprobs=prompt_logprobs,
+        stop_token_ids=frozenset(eos | extra_stops),
+        skip_special_tokens=fields.skip_special_tokens is not False,
+    )

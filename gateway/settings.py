@@ -1,0 +1,150 @@
+"""One pydantic-settings object for the whole server: env (GANTRY_ prefix), .env, CLI, models file.
+
+Precedence: CLI flags > environment > .env > defaults. A models file (YAML) may list several models;
+without one, the single model described by the `model*` fields is served.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+EMBEDDED_MODEL = "embedded"
+EMBEDDED_MODEL_NAME = "smollm2-135m-instruct"
+
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+class ModelSpec(BaseModel):
+    """One servable model, as written in the models file (or built from the single-model settings)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Id clients send as `model` and see in /v1/models.")
+    source: str = Field(
+        description="`embedded` (SmolLM2-135M-Instruct shipped in a package), a local directory, a .gguf "
+        "file, or a Hugging Face model id (downloaded through huggingface_hub when online)."
+    )
+    aliases: list[str] = Field(default_factory=list, description="Other ids that route to this model.")
+    gguf_file: str | None = Field(default=None, description="GGUF file inside `source` when it is a directory.")
+    revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit).")
+    tokenizer: str | None = Field(
+        default=None, description="Separate tokenizer directory or id (OpenELM borrows Llama-2's)."
+    )
+    family: str | None = Field(default=None, description="Force a model family instead of detecting it.")
+    chat_template: Path | None = Field(default=None, description="Jinja file replacing the chat template.")
+    plain_chat_template: bool = Field(
+        default=False, description="Serve chat on template-less models by concatenating messages."
+    )
+    dtype: Dtype = Field(default="auto", description="Weights dtype; auto = bf16/fp16 on GPU, fp32 on CPU.")
+    device: str = Field(default="auto", description="auto (cuda → mps → cpu), cpu, cuda, cuda:1, mps.")
+    max_context: int | None = Field(
+        default=None, gt=0, description="Context window in tokens; default from the model config."
+    )
+    trust_remote_code: bool = Field(
+        default=False, description="Allow the model repo's own Python code (needed by some families)."
+    )
+
+    def ids(self) -> list[str]:
+        return [self.name, *self.aliases]
+
+
+class Settings(BaseSettings):
+    """Gantry server settings. Every field is also a `gantry serve` flag and a GANTRY_* variable."""
+
+    model_config = SettingsConfigDict(env_prefix="GANTRY_", env_file=".env", extra="ignore")
+
+    host: str = Field(default="127.0.0.1", description="Interface to listen on (0.0.0.0 in containers).")
+    port: int = Field(default=8000, ge=0, le=65535, description="TCP port to listen on.")
+    model: str = Field(
+        default=EMBEDDED_MODEL,
+        description="Model to serve when no models file is given: `embedded`, a directory, a .gguf file "
+        "or a Hugging Face id.",
+    )
+    served_model_name: str | None = Field(
+        default=None, description=f"Id for that model; default {EMBEDDED_MODEL_NAME!r} or the source's name."
+    )
+    model_aliases: list[str] = Field(default_factory=list, description="Extra ids for that model.")
+    gguf_file: str | None = Field(default=None, description="GGUF file inside the model directory.")
+    revision: str | None = Field(default=None, description="Hub revision of the model.")
+    tokenizer: str | None = Field(default=None, description="Separate tokenizer directory or id.")
+    family: str | None = Field(default=None, description="Force the model family (skip detection).")
+    chat_template: Path | None = Field(default=None, description="Jinja chat template file to use instead.")
+    plain_chat_template: bool = Field(
+        default=False, description="Allow chat on template-less models by plain concatenation."
+    )
+    dtype: Dtype = Field(default="auto", description="Weights dtype: auto, float32, bfloat16, float16.")
+    device: str = Field(default="auto", description="Device: auto (cuda → mps → cpu), cpu, cuda, mps.")
+    max_context: int | None = Field(default=None, gt=0, description="Override the context window.")
+    trust_remote_code: bool = Field(default=False, description="Allow model repos' own Python code.")
+    models_file: Path | None = Field(
+        default=None, description="YAML file with a `models:` list (name, source, aliases, family, ...)."
+    )
+    cache_dir: Path = Field(
+        default=Path.home() / ".cache" / "gantry",
+        description="Where dequantized GGUF weights and tokenizers are cached between starts.",
+    )
+    default_max_tokens: int | None = Field(
+        default=None,
+        gt=0,
+        description="Chat max tokens when the request sets none; default: the rest of the context window.",
+    )
+    max_stop_sequences: int = Field(default=16, ge=1, description="Most `stop` strings a request may send.")
+    sse_ping_seconds: float = Field(
+        default=15.0, gt=0, description="Comment ping interval on idle streams (keeps proxies open)."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
+
+    def model_specs(self) -> list[ModelSpec]:
+        """The models to serve: the models file's list, or the single model from the flags."""
+        if self.models_file is not None:
+            return load_models_file(self.models_file)
+        return [self.single_model_spec()]
+
+    def single_model_spec(self) -> ModelSpec:
+        name = self.served_model_name or default_model_name(self.model)
+        return ModelSpec(
+            name=name,
+            source=self.model,
+            aliases=list(self.model_aliases),
+            gguf_file=self.gguf_file,
+            revision=self.revision,
+            tokenizer=self.tokenizer,
+            family=self.family,
+            chat_template=self.chat_template,
+            plain_chat_template=self.plain_chat_template,
+            dtype=self.dtype,
+            device=self.device,
+            max_context=self.max_context,
+            trust_remote_code=self.trust_remote_code,
+        )
+
+
+def default_model_name(source: str) -> str:
+    if source == EMBEDDED_MODEL:
+        return EMBEDDED_MODEL_NAME
+    path = Path(source)
+    if path.suffix == ".gguf":
+        return path.stem
+    if path.exists():
+        return path.resolve().name
+    return source  # a Hub id such as Qwen/Qwen2.5-0.5B-Instruct stays as it is
+
+
+def load_models_file(path: Path) -> list[ModelSpec]:
+    data: Any = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    entries = data.get("models") if isinstance(data, dict) else data
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"{path}: expected a non-empty `models:` list")
+    specs = [ModelSpec.model_validate(entry) for entry in entries]
+    seen: set[str] = set()
+    for spec in specs:
+        for model_id in spec.ids():
+            if model_id in seen:
+                raise ValueError(f"{path}: model id {model_id!r} is declared twice")
+            seen.add(model_id)
+    return specs

@@ -1,0 +1,65 @@
+"""SSE framing (sse-starlette) and client-disconnect handling shared by the routes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar
+
+from fastapi import Request
+from sse_starlette import EventSourceResponse
+
+from adapters import AdapterError
+from gateway.errors import GatewayError, error_body, from_adapter_error
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+async def _events(chunks: AsyncIterator[str]) -> AsyncIterator[dict[str, str]]:
+    """`data:` events only; an error after the first byte becomes an error event; always [DONE]."""
+    try:
+        async for data in chunks:
+            yield {"data": data}
+    except GatewayError as exc:
+        yield {"data": json.dumps(exc.to_dict())}
+    except AdapterError as exc:
+        yield {"data": json.dumps(from_adapter_error(exc).to_dict())}
+    except Exception:
+        logger.exception("stream failed")
+        yield {"data": json.dumps(error_body("Internal error while generating.", "server_error"))}
+    yield {"data": "[DONE]"}
+
+
+def sse_response(chunks: AsyncIterator[str], ping_seconds: float) -> EventSourceResponse:
+    # When the client goes away sse-starlette cancels the generator; the engine request is aborted
+    # in the sequence's `finally`, so the decode loop stops within one step.
+    return EventSourceResponse(_events(chunks), ping=int(max(1, ping_seconds)), headers=SSE_HEADERS, sep="\n")
+
+
+async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Run a non-streaming request, cancelling it (and so its generation) if the client disconnects."""
+    task = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                return
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            return task.result()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise asyncio.CancelledError("client disconnected")
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
