@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 EMBEDDED_MODEL = "embedded"
@@ -98,6 +98,11 @@ class Settings(BaseSettings):
         default=15.0, gt=0, description="Comment ping interval on idle streams (keeps proxies open)."
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
+
+    @field_validator("cache_dir", "models_file", "chat_template", mode="after")
+    @classmethod
+    def _expand_home(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
 
     def model_specs(self) -> list[ModelSpec]:
         """The models to serve: the models file's list, or the single model from the flags."""

@@ -119,19 +119,20 @@ def _dequantize_gguf(gguf: Path, target: Path) -> None:
 def materialize(spec: ModelSpec, cache_root: Path) -> Path:
     """A local directory with config, weights and (usually) tokenizer for the spec's source."""
     source = spec.source
+    local = Path(source).expanduser()
     gguf: Path | None = None
     if source == EMBEDDED_MODEL:
         gguf = embedded_gguf_path()
-    elif source.endswith(".gguf") and Path(source).is_file():
-        gguf = Path(source)
-    elif spec.gguf_file and Path(source).is_dir():
-        gguf = Path(source) / spec.gguf_file
+    elif local.suffix == ".gguf" and local.is_file():
+        gguf = local
+    elif spec.gguf_file and local.is_dir():
+        gguf = local / spec.gguf_file
     elif spec.gguf_file:
         from huggingface_hub import hf_hub_download
 
         gguf = Path(hf_hub_download(source, spec.gguf_file, revision=spec.revision))
-    elif Path(source).is_dir():
-        return Path(source)
+    elif local.is_dir():
+        return local
     else:
         from huggingface_hub import snapshot_download
 
