@@ -188,6 +188,7 @@ class HFEngine:
             finish = "length"
         else:
             finish = "stop"
+        logger.debug("generation %s: %s after %d tokens", request.request_id, finish, job.generated)
         job.emit(GenerationDelta(finish_reason=finish))
 
     def _prompt_logprobs(self, input_ids: torch.Tensor, k: int) -> list[TokenLogprob]:
