@@ -119,6 +119,7 @@ def build_processors(
         chain.append(OpenAIPenalties(prompt_len, params.presence_penalty, params.frequency_penalty))
     if params.logit_bias:
         chain.append(LogitBias(params.logit_bias, vocab_size, device))
+    chain.extend(factory() for factory in params.logits_processors)
     generator = None
     if not params.greedy:
         if params.temperature != 1.0:

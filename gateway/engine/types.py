@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 FinishReason = Literal["stop", "length", "abort"]
 
@@ -26,6 +27,10 @@ class SamplingParams:
     prompt_logprobs: int | None = None  # echo + logprobs on /v1/completions
     stop_token_ids: frozenset[int] = frozenset()
     skip_special_tokens: bool = True
+    # Extra per-sequence constraints (e.g. a JSON grammar): factories, because processors keep state
+    # per sequence. Engines call each instance with this sequence's (1, len) ids and (1, vocab) scores,
+    # after penalties and bias, before temperature/top-k/top-p.
+    logits_processors: tuple[Callable[[], Any], ...] = ()
 
     @property
     def greedy(self) -> bool:
