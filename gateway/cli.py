@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
             kwargs["choices"] = list(get_args(base))
         elif base in (int, float):
             kwargs["type"] = base
-        kwargs["help"] += f" [env GANTRY_{name.upper()}; default: {field.default!r}]"
+        kwargs["help"] += f" [env GANTRY_{name.upper()}; default: {field.get_default(call_default_factory=True)!r}]"
         serve.add_argument(_flag(name), **kwargs)
     return parser
 

@@ -68,12 +68,16 @@ class ModelNotReadyError(GatewayError):
     error_type = "service_unavailable"
     default_code = "model_not_ready"
 
-    def __init__(self, message: str, *, retry_after: int = 5) -> None:
+    def __init__(self, message: str, *, retry_after: int = 5, permanent: bool = False) -> None:
         super().__init__(message, param="model")
         self.retry_after = retry_after
+        self.permanent = permanent
 
     def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after)}
+        headers = {"Retry-After": str(self.retry_after)}
+        if self.permanent:  # a failed load will not heal by retrying: stop the SDK's automatic retries
+            headers["x-should-retry"] = "false"
+        return headers
 
 
 class EngineError(GatewayError):

@@ -79,7 +79,9 @@ class ModelRegistry:
         if entry.state is ModelState.LOADING:
             raise ModelNotReadyError(f"The model `{entry.spec.name}` is still loading; retry shortly.")
         if entry.state is ModelState.FAILED or entry.served is None:
-            raise ModelNotReadyError(f"The model `{entry.spec.name}` failed to load: {entry.error}", retry_after=60)
+            raise ModelNotReadyError(
+                f"The model `{entry.spec.name}` failed to load: {entry.error}", retry_after=60, permanent=True
+            )
         return (model_id or entry.spec.name), entry.served
 
     async def close(self) -> None:

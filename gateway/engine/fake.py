@@ -42,8 +42,8 @@ class FakeEngine:
                     top = tuple((f"alt{k}", -1.0 - k) for k in range(params.logprobs))
                     logprobs = [TokenLogprob(token_id=step + 1, token=piece, logprob=-0.5, top=top)]
                 yield GenerationDelta(text=piece, token_ids=[step + 1], logprobs=logprobs)
+            self.finished.add(request.request_id)  # before the last yield: consumers stop reading there
             yield GenerationDelta(finish_reason="stop")
-            self.finished.add(request.request_id)
         finally:
             if request.request_id not in self.finished:
                 self.aborted.add(request.request_id)
