@@ -198,7 +198,7 @@ GEMMA2 = FamilyAdapter(
 # §2.9 — same markers, different ids (106 here); a base GGUF carries no template at all.
 GEMMA3 = FamilyAdapter(
     name="gemma3",
-    description="Gemma-3 (text: model_type gemma3_text); Gemma template supplied when the tokenizer has none.",
+    description="Gemma-3 (text model_type gemma3_text); Gemma template supplied if the tokenizer has none.",
     model_types=frozenset({"gemma3", "gemma3_text"}),
     architectures=frozenset({"Gemma3ForCausalLM", "Gemma3ForConditionalGeneration"}),
     vocab_probes=("<start_of_turn>", "<end_of_turn>"),

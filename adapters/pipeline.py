@@ -120,7 +120,7 @@ class PromptPipeline:
                 tokenize=False,
                 **dict(template_kwargs or {}),
             )
-        except jinja2.TemplateError as exc:
+        except (jinja2.TemplateError, TypeError) as exc:  # TypeError: e.g. "str + None" inside a template
             raise TemplateRenderError(f"The model's chat template rejected the messages: {exc}") from exc
 
     def encode_chat(self, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> list[int]:

@@ -61,6 +61,20 @@ class AdapterRegistry:
             return max(by_name, key=lambda f: f.priority)
         return GENERIC
 
+    def external_tokenizer_family(
+        self, *, config: Mapping[str, Any], explicit: str | None = None
+    ) -> FamilyAdapter | None:
+        """The family, if config (or the operator) names one that ships no tokenizer of its own.
+
+        Asked before a tokenizer is loaded (resolve() needs one): OpenELM's checkpoint has no tokenizer
+        files, so the loader must take the configured tokenizer path or fail with a clear message.
+        """
+        if explicit:
+            family = self.get(explicit)
+            return family if family.needs_external_tokenizer else None
+        matches = [f for f in self._families.values() if f.needs_external_tokenizer and _config_matches(f, config)]
+        return max(matches, key=lambda f: f.priority) if matches else None
+
 
 def _config_matches(family: FamilyAdapter, config: Mapping[str, Any]) -> bool:
     model_type = config.get("model_type")

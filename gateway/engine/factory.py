@@ -26,9 +26,16 @@ def build_served_model(spec: ModelSpec, *, cache_dir: Any, adapters: AdapterRegi
     started = time.monotonic()
     adapters = adapters or AdapterRegistry()
     model_dir = materialize(spec, cache_dir)
+    config = read_config(model_dir)
+    borrower = adapters.external_tokenizer_family(config=config, explicit=spec.family)
+    if borrower is not None and not spec.tokenizer:
+        raise ValueError(
+            f"{spec.name}: the {borrower.name} family ships no tokenizer; give one with --tokenizer "
+            "(OpenELM uses Llama-2's, e.g. a local copy of meta-llama/Llama-2-7b-hf)."
+        )
     tokenizer = load_tokenizer(spec, model_dir)
     adapter = adapters.resolve(
-        config=read_config(model_dir),
+        config=config,
         tokenizer=tokenizer,
         model_name=spec.name if spec.source == EMBEDDED_MODEL else spec.source,
         explicit=spec.family,
