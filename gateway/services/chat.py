@@ -70,6 +70,8 @@ class ChatService:
         if req.top_logprobs and not req.logprobs:
             raise InvalidRequestError("top_logprobs requires logprobs to be true.", param="top_logprobs")
         stops = normalize_stop(req.stop, self.settings.max_stop_sequences)
+        # Text-only turn markers of the family (not tokens, so no stop id can catch them).
+        stops += [s for s in served.pipeline.stop_strings if s not in stops]
         try:
             prompt_ids = served.pipeline.encode_chat(
                 to_template_messages(req.messages), tools=req.tools, template_kwargs=req.chat_template_kwargs

@@ -1,0 +1,141 @@
+"""Request fields → SamplingParams as the engine sees them; the chat logprobs wire shape (compat §2.1, §9 11)."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.engine.fake import FakeEngine
+from tests.unit.helpers import QWEN_EOS, make_settings, open_gateway, qwen_pipeline, sse_events
+
+pytestmark = pytest.mark.anyio
+
+
+async def params_for(gw, **body):
+    r = await gw.chat(**body)
+    assert r.status_code == 200, r.text
+    return [req.params for req in gw.engine.requests[-(body.get("n") or 1) :]]
+
+
+async def test_defaults(gw):
+    [p] = await params_for(gw)
+    assert p.temperature == 1.0 and p.top_p == 1.0 and p.top_k == 0 and p.min_p == 0.0
+    assert p.seed is None and p.logprobs is None and p.logit_bias == ()
+    assert p.stop_token_ids == qwen_pipeline().stop_token_ids
+    assert set(QWEN_EOS) <= p.stop_token_ids
+    assert p.max_new_tokens == 4096 - len(gw.engine.requests[-1].prompt_ids)
+
+
+async def test_default_max_tokens_setting_caps_budget():
+    async with open_gateway(settings=make_settings(default_max_tokens=7)) as gw:
+        [p] = await params_for(gw)
+        assert p.max_new_tokens == 7
+        [p] = await params_for(gw, max_tokens=20)
+        assert p.max_new_tokens == 20
+
+
+async def test_temperature_zero_is_greedy(gw):
+    [p] = await params_for(gw, temperature=0)
+    assert p.temperature == 0.0
+    assert p.greedy
+    [p] = await params_for(gw, temperature=0.7)
+    assert p.temperature == pytest.approx(0.7)
+    assert not p.greedy
+
+
+async def test_max_completion_tokens_wins_over_max_tokens(gw):
+    [p] = await params_for(gw, max_tokens=50, max_completion_tokens=5)
+    assert p.max_new_tokens == 5
+    [p] = await params_for(gw, max_tokens=9)
+    assert p.max_new_tokens == 9
+    [p] = await params_for(gw, max_completion_tokens=11)
+    assert p.max_new_tokens == 11
+
+
+async def test_seed_with_n3_gives_consecutive_seeds(gw):
+    params = await params_for(gw, seed=1234, n=3)
+    assert sorted(p.seed for p in params) == [1234, 1235, 1236]
+    params = await params_for(gw, seed=None, n=2)
+    assert [p.seed for p in params] == [None, None]
+
+
+async def test_stop_token_ids_union_with_model_stops(gw):
+    [p] = await params_for(gw, stop_token_ids=[7, 42])
+    assert p.stop_token_ids == frozenset({7, 42, *QWEN_EOS})
+
+
+async def test_ignore_eos_drops_model_stops(gw):
+    [p] = await params_for(gw, ignore_eos=True)
+    assert p.stop_token_ids == frozenset()
+    [p] = await params_for(gw, ignore_eos=True, stop_token_ids=[7])
+    assert p.stop_token_ids == frozenset({7})
+
+
+async def test_logit_bias_keys_parsed_to_ints(gw):
+    [p] = await params_for(gw, logit_bias={"42": 5, "100": -100})
+    assert sorted(p.logit_bias) == [(42, 5.0), (100, -100.0)]
+    assert all(isinstance(token, int) for token, _ in p.logit_bias)
+
+
+async def test_vllm_extras_and_penalties_passed(gw):
+    [p] = await params_for(
+        gw,
+        top_k=40,
+        min_p=0.05,
+        repetition_penalty=1.1,
+        presence_penalty=0.5,
+        frequency_penalty=-0.25,
+        top_p=0.9,
+        skip_special_tokens=False,
+    )
+    assert p.top_k == 40
+    assert p.min_p == pytest.approx(0.05)
+    assert p.repetition_penalty == pytest.approx(1.1)
+    assert p.presence_penalty == pytest.approx(0.5)
+    assert p.frequency_penalty == pytest.approx(-0.25)
+    assert p.top_p == pytest.approx(0.9)
+    assert p.skip_special_tokens is False
+
+
+async def test_nullable_fields_are_accepted_as_defaults(gw):
+    [p] = await params_for(gw, seed=None, logprobs=None, temperature=None, stop=None, top_p=None, n=None)
+    assert p.temperature == 1.0 and p.logprobs is None and p.seed is None
+
+
+async def test_logprobs_flag_and_top_logprobs(gw):
+    [p] = await params_for(gw, logprobs=True, top_logprobs=3)
+    assert p.logprobs == 3
+    [p] = await params_for(gw, logprobs=True)
+    assert p.logprobs == 0
+    [p] = await params_for(gw, logprobs=False)
+    assert p.logprobs is None
+
+
+async def test_logprobs_response_shape(gw):
+    body = (await gw.chat(logprobs=True, top_logprobs=2)).json()
+    content = body["choices"][0]["logprobs"]["content"]
+    assert [item["token"] for item in content] == ["Hello", " world", "!"]
+    for item in content:
+        assert set(item) >= {"token", "logprob", "bytes", "top_logprobs"}
+        assert isinstance(item["logprob"], float)
+        assert item["bytes"] == list(item["token"].encode("utf-8"))
+        assert len(item["top_logprobs"]) == 2
+        for alt in item["top_logprobs"]:
+            assert set(alt) >= {"token", "logprob", "bytes"}
+            assert alt["bytes"] == list(alt["token"].encode("utf-8"))
+    # off: logprobs is null on the choice
+    assert (await gw.chat()).json()["choices"][0]["logprobs"] is None
+
+
+async def test_logprobs_in_stream_chunks(gw):
+    events = sse_events((await gw.chat(stream=True, logprobs=True, top_logprobs=1)).text)
+    items = [item for e in events for c in e["choices"] if c.get("logprobs") for item in c["logprobs"]["content"]]
+    assert [item["token"] for item in items] == ["Hello", " world", "!"]
+    assert all(len(item["top_logprobs"]) == 1 for item in items)
+
+
+async def test_completion_tokens_with_max_tokens_two():
+    async with open_gateway(FakeEngine(pieces=["x", "y", "z"])) as gw:
+        body = (await gw.chat(max_tokens=2)).json()
+        assert gw.engine.requests[0].params.max_new_tokens == 2
+        assert body["choices"][0]["finish_reason"] == "length"
+        assert body["usage"]["completion_tokens"] == 2

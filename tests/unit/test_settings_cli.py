@@ -1,0 +1,178 @@
+"""Settings ↔ CLI flags ↔ GANTRY_* env ↔ .env.example ↔ models file stay in sync."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import build_parser, settings_from_args
+from gateway.settings import ModelSpec, Settings, load_models_file
+from tests.conftest import REPO_ROOT
+
+
+@pytest.fixture(autouse=True)
+def _no_dotenv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings read ./.env; run from an empty directory so a developer's .env cannot leak in."""
+    monkeypatch.chdir(tmp_path)
+
+
+def serve_parser() -> argparse.ArgumentParser:
+    parser = build_parser()
+    [subparsers] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return subparsers.choices["serve"]
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def test_serve_has_a_flag_for_every_settings_field():
+    actions = {a.dest: a for a in serve_parser()._actions}
+    for name in Settings.model_fields:
+        assert name in actions, f"no flag for Settings.{name}"
+        assert flag(name) in actions[name].option_strings
+
+
+def test_serve_help_lists_every_flag():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GANTRY_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "--help"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    for name in Settings.model_fields:
+        assert flag(name) in result.stdout, name
+        assert f"GANTRY_{name.upper()}" in result.stdout.replace("\n", "").replace(" ", ""), name
+
+
+def test_help_shows_no_pydantic_internals():
+    help_text = serve_parser().format_help()
+    assert "PydanticUndefined" not in help_text
+
+
+def test_env_example_documents_every_field():
+    text = (REPO_ROOT / ".env.example").read_text(encoding="utf-8")
+    for name in Settings.model_fields:
+        assert f"GANTRY_{name.upper()}=" in text, name
+
+
+def test_cli_flags_override_env(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("GANTRY_PORT", "9000")
+    monkeypatch.setenv("GANTRY_LOG_LEVEL", "debug")
+    parser = build_parser()
+    settings = settings_from_args(parser.parse_args(["serve", "--port", "9100"]))
+    assert settings.port == 9100
+    assert settings.log_level == "debug"  # env still applies where no flag is given
+    assert settings_from_args(parser.parse_args(["serve"])).port == 9000
+
+
+def test_env_overrides_dotenv_and_dotenv_overrides_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    (tmp_path / ".env").write_text("GANTRY_PORT=8111\nGANTRY_HOST=0.0.0.0\n", encoding="utf-8")
+    assert Settings().port == 8111
+    monkeypatch.setenv("GANTRY_PORT", "8222")
+    settings = Settings()
+    assert settings.port == 8222 and settings.host == "0.0.0.0"
+
+
+def test_cli_flag_types():
+    parser = build_parser()
+    args = parser.parse_args(
+        [
+            "serve",
+            "--max-context",
+            "2048",
+            "--sse-ping-seconds",
+            "2.5",
+            "--trust-remote-code",
+            "--model-aliases",
+            "a",
+            "b/c",
+            "--dtype",
+            "float16",
+            "--cache-dir",
+            "/tmp/gantry-cache",
+        ]
+    )
+    settings = settings_from_args(args)
+    assert settings.max_context == 2048
+    assert settings.sse_ping_seconds == 2.5
+    assert settings.trust_remote_code is True
+    assert settings.model_aliases == ["a", "b/c"]
+    assert settings.dtype == "float16"
+    assert settings.cache_dir == Path("/tmp/gantry-cache")
+    assert settings_from_args(parser.parse_args(["serve", "--no-trust-remote-code"])).trust_remote_code is False
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "--dtype", "int3"])
+
+
+def test_models_file_with_two_models_and_aliases(tmp_path: Path):
+    path = tmp_path / "models.yaml"
+    path.write_text(
+        "models:\n"
+        "  - name: small\n"
+        "    source: embedded\n"
+        "    aliases: [smol, org/small-instruct]\n"
+        "  - name: other\n"
+        "    source: /models/other\n"
+        "    family: qwen2\n"
+        "    max_context: 8192\n",
+        encoding="utf-8",
+    )
+    specs = Settings(models_file=path).model_specs()
+    assert [type(s) for s in specs] == [ModelSpec, ModelSpec]
+    assert specs[0].ids() == ["small", "smol", "org/small-instruct"]
+    assert specs[1].name == "other" and specs[1].family == "qwen2" and specs[1].max_context == 8192
+    assert specs[1].aliases == []
+
+
+def test_models_file_duplicate_id_raises(tmp_path: Path):
+    path = tmp_path / "models.yaml"
+    path.write_text(
+        "models:\n  - {name: a, source: embedded, aliases: [b]}\n  - {name: b, source: embedded}\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(ValueError, match="twice"):
+        load_models_file(path)
+
+
+def test_models_file_unknown_key_and_empty_list_raise(tmp_path: Path):
+    path = tmp_path / "models.yaml"
+    path.write_text("models:\n  - {name: a, source: embedded, temperture: 1}\n", encoding="utf-8")
+    with pytest.raises(ValueError):
+        load_models_file(path)
+    path.write_text("models: []\n", encoding="utf-8")
+    with pytest.raises(ValueError):
+        load_models_file(path)
+
+
+def test_example_models_file_parses():
+    specs = load_models_file(REPO_ROOT / "models.example.yaml")
+    ids = [i for s in specs for i in s.ids()]
+    assert len(ids) == len(set(ids))
+
+
+def test_tilde_is_expanded(monkeypatch: pytest.MonkeyPatch):
+    assert Settings(cache_dir="~/gantry-x").cache_dir == Path.home() / "gantry-x"
+    monkeypatch.setenv("GANTRY_CACHE_DIR", "~/gantry-y")
+    assert Settings().cache_dir == Path.home() / "gantry-y"
+    args = build_parser().parse_args(["serve", "--cache-dir", "~/gantry-z", "--models-file", "~/m.yaml"])
+    settings = settings_from_args(args)
+    assert settings.cache_dir == Path.home() / "gantry-z"
+    assert settings.models_file == Path.home() / "m.yaml"
+
+
+def test_single_model_spec_from_settings():
+    spec = Settings(model="Qwen/Qwen2.5-0.5B-Instruct", model_aliases=["qwen"]).single_model_spec()
+    assert spec.name == "Qwen/Qwen2.5-0.5B-Instruct"
+    assert spec.ids() == ["Qwen/Qwen2.5-0.5B-Instruct", "qwen"]
+    assert Settings().single_model_spec().name == "smollm2-135m-instruct"
+    assert Settings(model="/x/y/model.Q4.gguf").single_model_spec().name == "model.Q4"
