@@ -21,6 +21,7 @@ class ServedModel:
     sampling_defaults: dict[str, float] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
     created: int = field(default_factory=lambda: int(time.time()))
+    grammar: Any = field(default=None, repr=False)  # GrammarCache, created on the first constrained request
 
     def describe(self) -> dict[str, Any]:
         return {**self.pipeline.describe(), "context_length": self.context_length, **self.details}

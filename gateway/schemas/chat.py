@@ -84,9 +84,31 @@ class ChoiceLogprobs(BaseModel):
     refusal: list[TokenLogprob] | None = None
 
 
+def _drop_none(handler: Any, value: Any, keep: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {k: v for k, v in handler(value).items() if v is not None or k in keep}
+
+
+class FunctionOut(BaseModel):
+    name: str
+    arguments: str  # always a JSON-encoded string, never an object
+
+
+class ToolCallOut(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionOut
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
+    tool_calls: list[ToolCallOut] | None = None
+    reasoning_content: str | None = None
+    reasoning: str | None = None  # the newer name for the same text; clients read one or the other
+
+    @model_serializer(mode="wrap")
+    def _omit_absent(self, handler: Any) -> dict[str, Any]:
+        return _drop_none(handler, self, keep=("content",))
 
 
 class ChatChoice(BaseModel):
@@ -106,14 +128,39 @@ class ChatCompletion(BaseModel):
     system_fingerprint: str | None = None
 
 
+class DeltaFunction(BaseModel):
+    name: str | None = None
+    arguments: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_absent(self, handler: Any) -> dict[str, Any]:
+        return _drop_none(handler, self)
+
+
+class DeltaToolCall(BaseModel):
+    """First delta of a call: index, id, type, name and arguments ""; later ones: index + arguments."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: DeltaFunction
+
+    @model_serializer(mode="wrap")
+    def _omit_absent(self, handler: Any) -> dict[str, Any]:
+        return _drop_none(handler, self)
+
+
 class DeltaMessage(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    reasoning_content: str | None = None
+    reasoning: str | None = None
+    tool_calls: list[DeltaToolCall] | None = None
 
     @model_serializer(mode="wrap")
     def _drop_unset(self, handler: Any) -> dict[str, Any]:
         # Only the fields a delta actually carries go on the wire; the last delta is {}.
-        return {key: value for key, value in handler(self).items() if value is not None}
+        return _drop_none(handler, self)
 
 
 class ChunkChoice(BaseModel):

@@ -1,4 +1,8 @@
-"""Chat completions: validate, render the prompt, run n sequences, shape JSON or stream chunks."""
+"""Chat completions: validate, render the prompt, run n sequences, shape JSON or stream chunks.
+
+Output shaping (content / reasoning / tool calls) goes through one ChoiceDecoder per choice for both
+streaming and non-streaming responses, so the two always agree.
+"""
 
 from __future__ import annotations
 
@@ -18,11 +22,17 @@ from gateway.schemas.chat import (
     ChatCompletionRequest,
     ChoiceLogprobs,
     ChunkChoice,
+    DeltaFunction,
     DeltaMessage,
+    DeltaToolCall,
+    FunctionOut,
+    ToolCallOut,
 )
 from gateway.schemas.common import Usage
+from gateway.services.chat_output import ChoiceDecoder, Event
 from gateway.services.logprobs import chat_logprobs
 from gateway.services.messages import to_template_messages
+from gateway.services.output_mode import OutputMode, plan_prompt
 from gateway.services.params import SamplingFields, budget, sampling_params
 from gateway.services.sequences import Piece, merge, run_sequence
 from gateway.services.stops import normalize_stop
@@ -42,20 +52,37 @@ class ChatPlan:
     stops: list[str]
     top_logprobs: int | None
     max_new_tokens: int
+    mode: OutputMode
+    explicit_budget: bool = False
+    starts_in_reasoning: bool = False
+
+    @property
+    def n(self) -> int:
+        return self.request.n or 1
+
+    def decoder(self) -> ChoiceDecoder:
+        return ChoiceDecoder(self.mode, starts_in_reasoning=self.starts_in_reasoning)
 
     def sequences(self) -> list[AsyncIterator[Piece]]:
         req = self.request
         fields = SamplingFields(**{name: getattr(req, name) for name in SamplingFields.__dataclass_fields__})
+        keep_special = self.mode.tool_format is not None and self.mode.tool_format.needs_special_tokens
         return [
             run_sequence(
                 self.served.engine,
                 self.prompt_ids,
                 sampling_params(
-                    fields, self.served, max_new_tokens=self.max_new_tokens, logprobs=self.top_logprobs, seed_offset=i
+                    fields,
+                    self.served,
+                    max_new_tokens=self.max_new_tokens,
+                    logprobs=self.top_logprobs,
+                    seed_offset=i,
+                    logits_processors=self.mode.processors(self.served, self.max_new_tokens, self.explicit_budget),
+                    keep_special_tokens=keep_special,
                 ),
                 self.stops,
             )
-            for i in range(req.n or 1)
+            for i in range(self.n)
         ]
 
 
@@ -72,9 +99,10 @@ class ChatService:
         stops = normalize_stop(req.stop, self.settings.max_stop_sequences)
         # Text-only turn markers of the family (not tokens, so no stop id can catch them).
         stops += [s for s in served.pipeline.stop_strings if s not in stops]
+        prompt = plan_prompt(req, served, to_template_messages(req.messages))
         try:
             prompt_ids = served.pipeline.encode_chat(
-                to_template_messages(req.messages), tools=req.tools, template_kwargs=req.chat_template_kwargs
+                prompt.messages, tools=prompt.tools, template_kwargs=req.chat_template_kwargs
             )
         except (TypeError, ValueError) as exc:  # a template choking on an odd message shape
             raise InvalidRequestError(f"Could not render the messages with the chat template: {exc}") from exc
@@ -82,6 +110,9 @@ class ChatService:
         max_new_tokens = budget(
             len(prompt_ids), requested, served, default_cap=self.settings.default_max_tokens, noun="messages"
         )
+        starts_in_reasoning = prompt.mode.reasoning and served.pipeline.decode(
+            prompt_ids[-8:], skip_special_tokens=False
+        ).rstrip().endswith("<think>")
         return ChatPlan(
             id=f"chatcmpl-{uuid.uuid4().hex}",
             created=int(time.time()),
@@ -92,28 +123,32 @@ class ChatService:
             stops=stops,
             top_logprobs=(req.top_logprobs or 0) if req.logprobs else None,
             max_new_tokens=max_new_tokens,
+            mode=prompt.mode,
+            explicit_budget=requested is not None,
+            starts_in_reasoning=starts_in_reasoning,
         )
 
     async def complete(self, plan: ChatPlan) -> ChatCompletion:
-        n = plan.request.n or 1
-        texts = [""] * n
-        logprobs: list[list] = [[] for _ in range(n)]
-        finish: list[str | None] = [None] * n
-        tokens = [0] * n
+        decoders = [plan.decoder() for _ in range(plan.n)]
+        events: list[list[Event]] = [d.start() for d in decoders]
+        logprobs: list[list] = [[] for _ in range(plan.n)]
+        finish: list[str] = ["stop"] * plan.n
+        tokens = [0] * plan.n
         async for index, piece in merge(plan.sequences()):
-            texts[index] += piece.text
-            if piece.logprobs:
-                logprobs[index].extend(piece.logprobs)
+            events[index] += decoders[index].feed(piece.text)
+            logprobs[index] += piece.logprobs or []
             tokens[index] = piece.completion_tokens
-            finish[index] = piece.finish_reason or finish[index]
+            if piece.finish_reason:
+                tail, finish[index] = decoders[index].finish(piece.finish_reason)
+                events[index] += tail
         choices = [
             ChatChoice(
                 index=i,
-                message=AssistantMessage(content=texts[i]),
+                message=_message(events[i]),
                 logprobs=self._logprobs(plan, logprobs[i]),
-                finish_reason=finish[i] or "stop",
+                finish_reason=finish[i],
             )
-            for i in range(n)
+            for i in range(plan.n)
         ]
         return ChatCompletion(
             id=plan.id,
@@ -124,23 +159,36 @@ class ChatService:
         )
 
     async def stream(self, plan: ChatPlan) -> AsyncIterator[str]:
-        """Chunk JSON strings: roles for every choice first, then content, a `{}` finish, then usage."""
-        n = plan.request.n or 1
+        """Chunk JSON strings: roles for every choice first, then deltas, a `{}` finish, then usage."""
 
         def chunk(choices: list[ChunkChoice], usage: Usage | None = None) -> str:
             return ChatCompletionChunk(
                 id=plan.id, created=plan.created, model=plan.model_id, choices=choices, usage=usage
             ).to_json()
 
-        yield chunk([ChunkChoice(index=i, delta=DeltaMessage(role="assistant", content="")) for i in range(n)])
-        tokens = [0] * n
+        def deltas(index: int, events: list[Event]) -> list[str]:
+            return [chunk([ChunkChoice(index=index, delta=_delta(event))]) for event in events]
+
+        decoders = [plan.decoder() for _ in range(plan.n)]
+        yield chunk([ChunkChoice(index=i, delta=DeltaMessage(role="assistant", content="")) for i in range(plan.n)])
+        for i, decoder in enumerate(decoders):
+            for data in deltas(i, decoder.start()):
+                yield data
+        tokens = [0] * plan.n
         async for index, piece in merge(plan.sequences()):
             tokens[index] = piece.completion_tokens
-            if piece.text or piece.logprobs:
-                logprobs = self._logprobs(plan, piece.logprobs or [])
-                yield chunk([ChunkChoice(index=index, delta=DeltaMessage(content=piece.text), logprobs=logprobs)])
+            events = decoders[index].feed(piece.text)
+            if piece.logprobs:  # logprobs ride on the first chunk of this piece (or an empty delta)
+                first = _delta(events.pop(0)) if events else DeltaMessage(content="")
+                logprobs = self._logprobs(plan, piece.logprobs)
+                yield chunk([ChunkChoice(index=index, delta=first, logprobs=logprobs)])
+            for data in deltas(index, events):
+                yield data
             if piece.finish_reason:
-                yield chunk([ChunkChoice(index=index, delta=DeltaMessage(), finish_reason=piece.finish_reason)])
+                tail, finish = decoders[index].finish(piece.finish_reason)
+                for data in deltas(index, tail):
+                    yield data
+                yield chunk([ChunkChoice(index=index, delta=DeltaMessage(), finish_reason=finish)])
         options = plan.request.stream_options
         if options is not None and options.include_usage:
             yield chunk([], Usage.of(len(plan.prompt_ids), sum(tokens)))
@@ -150,3 +198,33 @@ class ChatService:
         if plan.top_logprobs is None:
             return None
         return ChoiceLogprobs(content=chat_logprobs(items, plan.top_logprobs))
+
+
+def _delta(event: Event) -> DeltaMessage:
+    if event.kind == "content":
+        return DeltaMessage(content=event.text)
+    if event.kind == "reasoning":
+        return DeltaMessage(reasoning_content=event.text, reasoning=event.text)
+    if event.kind == "tool_start":
+        function = DeltaFunction(name=event.name, arguments="")
+        return DeltaMessage(
+            tool_calls=[DeltaToolCall(index=event.index, id=event.call_id, type="function", function=function)]
+        )
+    return DeltaMessage(tool_calls=[DeltaToolCall(index=event.index, function=DeltaFunction(arguments=event.text))])
+
+
+def _message(events: list[Event]) -> AssistantMessage:
+    content = "".join(e.text for e in events if e.kind == "content")
+    reasoning = "".join(e.text for e in events if e.kind == "reasoning") or None
+    calls: dict[int, ToolCallOut] = {}
+    for event in events:
+        if event.kind == "tool_start":
+            calls[event.index] = ToolCallOut(id=event.call_id, function=FunctionOut(name=event.name, arguments=""))
+        elif event.kind == "tool_args":
+            calls[event.index].function.arguments += event.text
+    return AssistantMessage(
+        content=None if calls and not content else content,
+        tool_calls=[calls[i] for i in sorted(calls)] or None,
+        reasoning_content=reasoning,
+        reasoning=reasoning,
+    )

@@ -72,6 +72,8 @@ def sampling_params(
     logprobs: int | None = None,
     prompt_logprobs: int | None = None,
     seed_offset: int = 0,
+    logits_processors: tuple = (),
+    keep_special_tokens: bool = False,
 ) -> SamplingParams:
     """Request values win; unset ones fall back to the model's generation_config, then OpenAI defaults."""
     defaults = served.sampling_defaults
@@ -101,5 +103,6 @@ def sampling_params(
         logprobs=logprobs,
         prompt_logprobs=prompt_logprobs,
         stop_token_ids=frozenset(eos | extra_stops),
-        skip_special_tokens=fields.skip_special_tokens is not False,
+        skip_special_tokens=fields.skip_special_tokens is not False and not keep_special_tokens,
+        logits_processors=logits_processors,
     )

@@ -1,4 +1,5 @@
-"""OpenAI `stop` strings: trimmed from the output, held back while they might still be starting."""
+"""OpenAI `stop` strings (trimmed, held back while they might still be starting) and the marker
+scanning they share with tool-call and reasoning detection."""
 
 from __future__ import annotations
 
@@ -16,6 +17,23 @@ def normalize_stop(stop: str | list[str] | None, limit: int) -> list[str]:
     return stops
 
 
+def split_at_marker(buffer: str, markers: list[str] | tuple[str, ...]) -> tuple[str, str | None, str]:
+    """(text before, marker, text after) for the earliest marker in buffer; without one,
+    (safe text, None, held tail) where the tail could still be the start of a marker."""
+    hits = [(i, m) for m in markers if (i := buffer.find(m)) >= 0]
+    if hits:
+        index, marker = min(hits)
+        return buffer[:index], marker, buffer[index + len(marker) :]
+    hold = 0
+    for marker in markers:
+        for size in range(min(len(marker) - 1, len(buffer)), hold, -1):
+            if buffer.endswith(marker[:size]):
+                hold = size
+                break
+    cut = len(buffer) - hold
+    return buffer[:cut], None, buffer[cut:]
+
+
 class StopStringMatcher:
     """Feed decoded text in; get back the text that is safe to emit and whether a stop string hit.
 
@@ -30,25 +48,12 @@ class StopStringMatcher:
     def feed(self, text: str) -> tuple[str, bool]:
         if not self.stops:
             return text, False
-        self.buffer += text
-        hits = [i for i in (self.buffer.find(s) for s in self.stops) if i >= 0]
-        if hits:
-            out, self.buffer = self.buffer[: min(hits)], ""
+        out, marker, self.buffer = split_at_marker(self.buffer + text, self.stops)
+        if marker is not None:
+            self.buffer = ""
             return out, True
-        hold = self._partial_suffix_len()
-        cut = len(self.buffer) - hold
-        out, self.buffer = self.buffer[:cut], self.buffer[cut:]
         return out, False
 
     def flush(self) -> str:
         out, self.buffer = self.buffer, ""
         return out
-
-    def _partial_suffix_len(self) -> int:
-        longest = 0
-        for stop in self.stops:
-            for size in range(min(len(stop) - 1, len(self.buffer)), longest, -1):
-                if self.buffer.endswith(stop[:size]):
-                    longest = size
-                    break
-        return longest

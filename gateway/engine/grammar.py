@@ -1,0 +1,155 @@
+"""Grammar-constrained decoding with xgrammar: JSON schemas compiled once per model and schema.
+
+A compiled grammar becomes logits-processor factories (one stateful matcher per sequence) that every
+engine applies through SamplingParams.logits_processors, plus a closing pressure near the end of the
+token budget so a small model that loops inside an array still ends with valid JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import jsonschema
+import torch
+import xgrammar as xgr
+from transformers import LogitsProcessor
+from xgrammar.contrib.hf import LogitsProcessor as XGrammarLogitsProcessor
+
+CLOSING_CHARS = frozenset(b'"}] ')
+CLOSING_BIAS = 50.0
+CLOSING_MARGIN = 24  # tokens before the budget ends where closing starts to be preferred
+
+
+# Keywords the grammar compiler accepts but does not enforce; a schema using them is refused rather
+# than silently producing output that may not validate.
+UNENFORCED_KEYWORDS = frozenset(
+    {
+        "not",
+        "if",
+        "then",
+        "else",
+        "dependentSchemas",
+        "dependentRequired",
+        "dependencies",
+        "contains",
+        "uniqueItems",
+        "unevaluatedProperties",
+        "unevaluatedItems",
+        "multipleOf",
+        "propertyNames",
+    }
+)
+_LOG_PREFIX = re.compile(r"^\[[^\]]*\]\s*\S+:\d+:\s*")
+
+
+class GrammarError(ValueError):
+    """The schema uses something the grammar compiler cannot enforce."""
+
+
+def check_enforceable(schema: Any, path: str = "schema", *, names: bool = False) -> None:
+    """Raise GrammarError for an invalid schema or one using keywords that would not be enforced.
+    `names`: this dict maps property/definition names to subschemas (its keys are not keywords)."""
+    if path == "schema":
+        try:
+            jsonschema.validators.validator_for(schema).check_schema(schema)
+        except jsonschema.SchemaError as exc:
+            raise GrammarError(f"invalid JSON schema: {exc.message}") from exc
+    if isinstance(schema, dict):
+        for key, value in schema.items():
+            if not names and key in UNENFORCED_KEYWORDS:
+                raise GrammarError(f"'{key}' at {path} cannot be enforced")
+            if not names and key == "$ref" and isinstance(value, str) and not value.startswith("#"):
+                raise GrammarError(f"only local $ref are supported ({value!r} at {path})")
+            child_names = not names and key in _NAME_MAPS
+            check_enforceable(value, f"{path}.{key}", names=child_names)
+    elif isinstance(schema, list):
+        for i, item in enumerate(schema):
+            check_enforceable(item, f"{path}[{i}]")
+
+
+_NAME_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions"})
+
+
+class ClosingPressure(LogitsProcessor):
+    """From step `start_at` on, prefer closing tokens among those the grammar allows (masked tokens stay
+    -inf): inside a string, tokens that start with `"`; outside, tokens that start with `}` or `]`.
+    So an output that would run out of budget closes instead of being cut off."""
+
+    def __init__(self, start_at: int, vocab: ClosingVocab) -> None:
+        self.start_at = start_at
+        self.vocab = vocab
+        self.step = 0
+        self.in_string = False
+        self.escaped = False
+
+    def _advance(self, token_id: int) -> None:
+        for byte in self.vocab.decoded[token_id] if token_id < len(self.vocab.decoded) else b"":
+            if self.in_string:
+                if self.escaped:
+                    self.escaped = False
+                elif byte == 0x5C:  # backslash
+                    self.escaped = True
+                elif byte == 0x22:  # quote
+                    self.in_string = False
+            elif byte == 0x22:
+                self.in_string = True
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.step > 0:
+            self._advance(int(input_ids[0, -1]))
+        if self.step >= self.start_at:
+            ids = self.vocab.close_string if self.in_string else self.vocab.close_container
+            scores[:, ids.to(scores.device)] += CLOSING_BIAS
+        self.step += 1
+        return scores
+
+
+class ClosingVocab:
+    """Token ids that close a string or a container, from the tokenizer's decoded vocabulary."""
+
+    def __init__(self, decoded: list[bytes]) -> None:
+        self.decoded = decoded
+        closing = [(i, t.lstrip()) for i, t in enumerate(decoded) if t.strip() and set(t) <= CLOSING_CHARS]
+        self.close_string = torch.tensor([i for i, t in closing if t.startswith(b'"')], dtype=torch.long)
+        self.close_container = torch.tensor([i for i, t in closing if t[:1] in (b"}", b"]")], dtype=torch.long)
+
+
+class GrammarCache:
+    """Per-model xgrammar compiler, built on first use (its vocabulary scan takes ~0.2 s)."""
+
+    def __init__(self, tokenizer: Any, vocab_size: int, stop_token_ids: frozenset[int]) -> None:
+        self._tokenizer = tokenizer
+        self._vocab_size = vocab_size
+        self._stop_ids = sorted(stop_token_ids)
+        self._compiler: xgr.GrammarCompiler | None = None
+        self._closing: ClosingVocab | None = None
+        self._lock = threading.Lock()
+
+    def _get_compiler(self) -> xgr.GrammarCompiler:
+        with self._lock:
+            if self._compiler is None:
+                info = xgr.TokenizerInfo.from_huggingface(
+                    self._tokenizer, vocab_size=self._vocab_size, stop_token_ids=self._stop_ids or None
+                )
+                self._closing = ClosingVocab(info.decoded_vocab)
+                self._compiler = xgr.GrammarCompiler(info, max_threads=2)  # caches compiled schemas
+            return self._compiler
+
+    def compile(self, schema: dict[str, Any]) -> xgr.CompiledGrammar:
+        """Compile a JSON schema with compact separators (no endless whitespace from a small model)."""
+        check_enforceable(schema)
+        try:
+            return self._get_compiler().compile_json_schema(json.dumps(schema), any_whitespace=False, strict_mode=True)
+        except (RuntimeError, ValueError, TypeError) as exc:
+            lines = str(exc).strip().splitlines()
+            raise GrammarError(_LOG_PREFIX.sub("", lines[0]) if lines else type(exc).__name__) from exc
+
+    def processors(self, compiled: xgr.CompiledGrammar, close_by: int) -> tuple[Callable[[], Any], ...]:
+        """Factories: the grammar mask, then closing pressure ending at token `close_by`."""
+        closing = self._closing
+        start_at = max(0, close_by - CLOSING_MARGIN)
+        return (lambda: XGrammarLogitsProcessor(compiled), lambda: ClosingPressure(start_at, closing))

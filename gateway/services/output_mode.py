@@ -1,0 +1,172 @@
+"""Decide how a chat request's output is shaped: plain text, JSON (response_format), or tool calls
+(tool_choice none/auto/required/named), and whether the template thinks in <think> blocks.
+
+Constrained modes get a grammar (xgrammar) so even a 135M model returns valid JSON / valid calls:
+required → a JSON array of {"name", "arguments"} objects matching the tools' schemas; a named tool →
+its arguments object; json_object / json_schema → that schema.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from adapters.tool_calls import DEFAULT_FORMAT, FORMATS, ToolCallFormat, inject_tools, template_renders_tools
+from gateway.engine.grammar import GrammarCache, GrammarError
+from gateway.errors import InvalidRequestError
+from gateway.models import ServedModel
+from gateway.schemas.chat import ChatCompletionRequest
+
+Kind = Literal["text", "json", "tools_auto", "tools_required", "tool_named"]
+SOFT_JSON_LIMIT = 1024  # tokens of constrained output when the request sets no max_tokens
+JSON_SCHEMA_UNSUPPORTED = "'response_format' of type 'json_schema' is not supported with this model"
+
+
+@dataclass(frozen=True)
+class OutputMode:
+    kind: Kind = "text"
+    tool_format: ToolCallFormat | None = None
+    named_tool: str | None = None
+    grammar: Any = None  # compiled grammar the output must follow (JSON modes and forced tool calls)
+    reasoning: bool = False  # the template uses <think>…</think>
+
+    def processors(self, served: ServedModel, max_new_tokens: int, explicit_budget: bool) -> tuple:
+        """Logits-processor factories for this mode; constrained output closes before the budget ends
+        (or before a soft limit when the request set no max_tokens)."""
+        if self.grammar is None:
+            return ()
+        close_by = max_new_tokens if explicit_budget else min(max_new_tokens, SOFT_JSON_LIMIT)
+        return served.grammar.processors(self.grammar, close_by)
+
+
+@dataclass
+class PromptPlan:
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] | None
+    mode: OutputMode = field(default_factory=OutputMode)
+
+
+def _validate_tools(tools: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    by_name: dict[str, dict[str, Any]] = {}
+    for i, tool in enumerate(tools):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if tool.get("type", "function") != "function" or not isinstance(function, dict):
+            raise InvalidRequestError("Only tools of type 'function' are supported.", param=f"tools.{i}")
+        if not isinstance(function.get("name"), str) or not function["name"]:
+            raise InvalidRequestError("Every tool needs a function name.", param=f"tools.{i}.function.name")
+        by_name[function["name"]] = function
+    return by_name
+
+
+def _tool_choice(req: ChatCompletionRequest, names: dict[str, dict[str, Any]]) -> tuple[str, str | None]:
+    choice = req.tool_choice
+    if choice is None:
+        return ("auto" if names else "none"), None
+    if isinstance(choice, str):
+        if choice not in ("none", "auto", "required"):
+            raise InvalidRequestError(f"Unknown tool_choice {choice!r}.", param="tool_choice")
+        if choice == "required" and not names:
+            raise InvalidRequestError("tool_choice 'required' needs at least one tool.", param="tool_choice")
+        return choice, None
+    name = (choice.get("function") or {}).get("name")
+    if name not in names:
+        raise InvalidRequestError(f"tool_choice names a function {name!r} that is not in tools.", param="tool_choice")
+    return "named", name
+
+
+def _parameters(function: dict[str, Any]) -> dict[str, Any]:
+    params = function.get("parameters")
+    return params if isinstance(params, dict) and params else {"type": "object", "properties": {}}
+
+
+def _calls_schema(functions: dict[str, dict[str, Any]], parallel: bool) -> dict[str, Any]:
+    variants = [
+        {
+            "type": "object",
+            "properties": {"name": {"type": "string", "enum": [name]}, "arguments": _parameters(function)},
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        }
+        for name, function in functions.items()
+    ]
+    schema: dict[str, Any] = {"type": "array", "items": {"anyOf": variants}, "minItems": 1}
+    if not parallel:
+        schema["maxItems"] = 1
+    return schema
+
+
+def _response_schema(response_format: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not response_format:
+        return None
+    kind = response_format.get("type")
+    if kind in (None, "text"):
+        return None
+    if kind == "json_object":
+        return {"type": "object"}
+    if kind == "json_schema":
+        spec = response_format.get("json_schema") or {}
+        schema = spec.get("schema")
+        if not isinstance(schema, dict):
+            raise InvalidRequestError("response_format.json_schema.schema must be an object.", param="response_format")
+        return schema
+    raise InvalidRequestError(f"Unsupported response_format type {kind!r}.", param="response_format")
+
+
+def _grammar(served: ServedModel) -> GrammarCache:
+    if served.grammar is None:
+        served.grammar = GrammarCache(served.pipeline.tokenizer, served.vocab_size, served.pipeline.stop_token_ids)
+    return served.grammar
+
+
+def _schema_hint(messages: list[dict[str, Any]], schema: dict[str, Any]) -> list[dict[str, Any]]:
+    """Show the model the schema it is held to, as OpenAI does: the grammar guarantees the shape, the
+    hint lets even a small model fill it sensibly and close it early."""
+    hint = f"Respond only with a JSON object that matches this JSON schema:\n{json.dumps(schema)}"
+    if messages and messages[0].get("role") == "system":
+        return [{**messages[0], "content": f"{messages[0].get('content') or ''}\n\n{hint}".lstrip()}, *messages[1:]]
+    return [{"role": "system", "content": hint}, *messages]
+
+
+def plan_prompt(req: ChatCompletionRequest, served: ServedModel, messages: list[dict[str, Any]]) -> PromptPlan:
+    """Messages and tools to render, plus the output mode; every invalid combination is a 400 here."""
+    functions = _validate_tools(req.tools or [])
+    choice, named = _tool_choice(req, functions)
+    template = served.pipeline.chat_template
+    native_tools = template_renders_tools(template)
+    has_tool_history = any(m.get("tool_calls") or m.get("role") == "tool" for m in messages)
+    reasoning = bool(template) and "<think>" in template
+    offered = req.tools if choice != "none" else []
+    if not native_tools and (offered or has_tool_history):
+        messages, tools = inject_tools(messages, offered or []), None
+        tool_format = FORMATS[DEFAULT_FORMAT]
+    else:
+        tools = offered or None
+        tool_format = FORMATS.get(served.pipeline.tool_parser or DEFAULT_FORMAT, FORMATS[DEFAULT_FORMAT])
+    grammar_error = None
+    try:
+        if choice == "named":
+            grammar = _grammar(served).compile(_parameters(functions[named]))
+            mode = OutputMode("tool_named", named_tool=named, grammar=grammar)
+        elif choice == "required":
+            schema = _calls_schema(functions, req.parallel_tool_calls is not False)
+            mode = OutputMode("tools_required", grammar=_grammar(served).compile(schema))
+        else:
+            schema = _response_schema(req.response_format)
+            if schema is not None:
+                if req.response_format.get("type") == "json_schema":
+                    messages = _schema_hint(messages, schema)
+                mode = OutputMode("json", grammar=_grammar(served).compile(schema), reasoning=reasoning)
+            elif choice == "auto":
+                mode = OutputMode("tools_auto", tool_format=tool_format, reasoning=reasoning)
+            else:
+                mode = OutputMode("text", reasoning=reasoning)
+    except GrammarError as exc:
+        grammar_error = exc
+    if grammar_error is not None:
+        raise InvalidRequestError(
+            f"{JSON_SCHEMA_UNSUPPORTED}: the schema uses a feature the grammar engine cannot enforce "
+            f"({grammar_error}).",
+            param="response_format" if choice in ("auto", "none") else "tools",
+        )
+    return PromptPlan(messages=messages, tools=tools, mode=mode)
