@@ -21,7 +21,11 @@ from xgrammar.contrib.hf import LogitsProcessor as XGrammarLogitsProcessor
 
 CLOSING_CHARS = frozenset(b'"}] ')
 CLOSING_BIAS = 50.0
-CLOSING_MARGIN = 24  # tokens before the budget ends where closing starts to be preferred
+# Closing is preferred over the last half of the budget (at least 32 tokens), so even an output caught
+# in the middle of a nested item can finish it; one string may take an eighth of the budget (at least
+# 16 tokens) before its closing quote is preferred. Large budgets keep long strings possible.
+CLOSING_MARGIN_MIN, CLOSING_MARGIN_SHARE = 32, 0.5
+STRING_SHARE_MIN, STRING_SHARE = 16, 0.125
 
 
 # Keywords the grammar compiler accepts but does not enforce; a schema using them is refused rather
@@ -75,18 +79,22 @@ _NAME_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions
 
 
 class ClosingPressure(LogitsProcessor):
-    """From step `start_at` on, prefer closing tokens among those the grammar allows (masked tokens stay
-    -inf): inside a string, tokens that start with `"`; outside, tokens that start with `}` or `]`.
-    So an output that would run out of budget closes instead of being cut off."""
+    """Prefer closing tokens among those the grammar allows (masked tokens stay -inf): inside a string,
+    tokens that start with `"`; outside, tokens that start with `}` or `]`. Applies from step `start_at`
+    on, and inside any string that has already run `string_cap` tokens. So an output that would run out
+    of budget closes instead of being cut off."""
 
-    def __init__(self, start_at: int, vocab: ClosingVocab) -> None:
+    def __init__(self, start_at: int, string_cap: int, vocab: ClosingVocab) -> None:
         self.start_at = start_at
+        self.string_cap = string_cap
         self.vocab = vocab
         self.step = 0
         self.in_string = False
         self.escaped = False
+        self.string_tokens = 0
 
     def _advance(self, token_id: int) -> None:
+        self.string_tokens = self.string_tokens + 1 if self.in_string else 0
         for byte in self.vocab.decoded[token_id] if token_id < len(self.vocab.decoded) else b"":
             if self.in_string:
                 if self.escaped:
@@ -96,12 +104,13 @@ class ClosingPressure(LogitsProcessor):
                 elif byte == 0x22:  # quote
                     self.in_string = False
             elif byte == 0x22:
-                self.in_string = True
+                self.in_string, self.string_tokens = True, 0
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if self.step > 0:
             self._advance(int(input_ids[0, -1]))
-        if self.step >= self.start_at:
+        long_string = self.in_string and self.string_tokens >= self.string_cap
+        if self.step >= self.start_at or long_string:
             ids = self.vocab.close_string if self.in_string else self.vocab.close_container
             scores[:, ids.to(scores.device)] += CLOSING_BIAS
         self.step += 1
@@ -151,5 +160,6 @@ class GrammarCache:
     def processors(self, compiled: xgr.CompiledGrammar, close_by: int) -> tuple[Callable[[], Any], ...]:
         """Factories: the grammar mask, then closing pressure ending at token `close_by`."""
         closing = self._closing
-        start_at = max(0, close_by - CLOSING_MARGIN)
-        return (lambda: XGrammarLogitsProcessor(compiled), lambda: ClosingPressure(start_at, closing))
+        start_at = max(0, close_by - max(CLOSING_MARGIN_MIN, int(close_by * CLOSING_MARGIN_SHARE)))
+        string_cap = max(STRING_SHARE_MIN, int(close_by * STRING_SHARE))
+        return (lambda: XGrammarLogitsProcessor(compiled), lambda: ClosingPressure(start_at, string_cap, closing))
