@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_serializer
 
-from gateway.schemas.common import OpenAIRequest, StopField, StreamOptions, Usage, WireModel
+from gateway.schemas.common import GenerationRequest, Usage, WireModel
 
 
 class ContentPart(WireModel):
@@ -33,36 +33,16 @@ class ChatMessage(WireModel):
     tool_call_id: str | None = None
 
 
-class ChatCompletionRequest(OpenAIRequest):
-    model: str | None = None
+class ChatCompletionRequest(GenerationRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, gt=0, le=1)
-    n: int | None = Field(default=1, ge=1, le=128)
-    seed: int | None = None
-    stop: str | list[str] | None = StopField
-    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
-    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
-    logit_bias: dict[str, float] | None = None
     logprobs: bool | None = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
-    stream: bool | None = False
-    stream_options: StreamOptions | None = None
-    user: str | None = None
-    # Accepted now, implemented by the structured-output / tools work.
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
     response_format: dict[str, Any] | None = None
-    # vLLM-style extras users copy from vLLM examples.
-    top_k: int | None = Field(default=None, ge=-1)
-    min_p: float | None = Field(default=None, ge=0, le=1)
-    repetition_penalty: float | None = Field(default=None, gt=0)
-    stop_token_ids: list[int] | None = None
-    ignore_eos: bool | None = False
-    skip_special_tokens: bool | None = True
     chat_template_kwargs: dict[str, Any] | None = None
 
 

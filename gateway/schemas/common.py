@@ -41,4 +41,25 @@ class Usage(BaseModel):
         )
 
 
-StopField = Field(default=None, description="Up to max_stop_sequences strings; trimmed from output.")
+class GenerationRequest(OpenAIRequest):
+    """Fields chat and text completions share: sampling, stops, streaming, and the vLLM extras."""
+
+    model: str | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    n: int | None = Field(default=1, ge=1, le=128)
+    seed: int | None = None
+    stop: str | list[str] | None = Field(default=None, description="Up to max_stop_sequences strings; trimmed.")
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+    # vLLM-style extras users copy from vLLM examples.
+    top_k: int | None = Field(default=None, ge=-1)
+    min_p: float | None = Field(default=None, ge=0, le=1)
+    repetition_penalty: float | None = Field(default=None, gt=0)
+    stop_token_ids: list[int] | None = None
+    ignore_eos: bool | None = False
+    skip_special_tokens: bool | None = True

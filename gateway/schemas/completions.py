@@ -6,36 +6,18 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from gateway.schemas.common import OpenAIRequest, StopField, StreamOptions, Usage
+from gateway.schemas.common import GenerationRequest, Usage
 
 PromptField = str | list[str] | list[int] | list[list[int]]
 
 
-class CompletionRequest(OpenAIRequest):
-    model: str | None = None
+class CompletionRequest(GenerationRequest):
     prompt: PromptField
     suffix: str | None = None
     max_tokens: int | None = Field(default=16, ge=0)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, gt=0, le=1)
-    n: int | None = Field(default=1, ge=1, le=128)
     best_of: int | None = Field(default=None, ge=1, le=20)
-    stream: bool | None = False
-    stream_options: StreamOptions | None = None
     logprobs: int | None = Field(default=None, ge=0, le=20)
     echo: bool | None = False
-    stop: str | list[str] | None = StopField
-    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
-    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
-    logit_bias: dict[str, float] | None = None
-    seed: int | None = None
-    user: str | None = None
-    top_k: int | None = Field(default=None, ge=-1)
-    min_p: float | None = Field(default=None, ge=0, le=1)
-    repetition_penalty: float | None = Field(default=None, gt=0)
-    stop_token_ids: list[int] | None = None
-    ignore_eos: bool | None = False
-    skip_special_tokens: bool | None = True
 
 
 class CompletionLogprobs(BaseModel):
