@@ -6,6 +6,7 @@
     │   └── UnsupportedParameterError   400 code=unsupported_parameter
     ├── ModelNotFoundError              404 code=model_not_found
     ├── ModelNotReadyError              503 (loading or failed), Retry-After
+    ├── OverloadedError                 429 code=overloaded (too many running + queued), Retry-After
     └── EngineError                     500 the engine failed while generating
 
 Envelope: {"error": {"message", "type", "param", "code"}}. Errors are mapped by type, never by text.
@@ -78,6 +79,21 @@ class ModelNotReadyError(GatewayError):
         if self.permanent:  # a failed load will not heal by retrying: stop the SDK's automatic retries
             headers["x-should-retry"] = "false"
         return headers
+
+
+class OverloadedError(GatewayError):
+    """The model's running and queued places are all taken; the client should retry later."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+    default_code = "overloaded"
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
 
 
 class EngineError(GatewayError):

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from typing import Any
 
 from adapters import AdapterRegistry, PromptPipeline
+from gateway.engine.admission import Admission, AdmittedEngine
 from gateway.engine.hf import HFEngine
 from gateway.engine.loader import load_model, load_tokenizer, materialize, read_config
+from gateway.engine.speed import release_free_memory
 from gateway.models import ServedModel
 from gateway.settings import EMBEDDED_MODEL, ModelSpec
 
@@ -20,6 +23,26 @@ _SAMPLING_DEFAULT_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_
 def sampling_defaults(generation_config: dict[str, Any]) -> dict[str, float]:
     """The model authors' recommended sampling values, used where a request leaves a field unset."""
     return {k: generation_config[k] for k in _SAMPLING_DEFAULT_KEYS if generation_config.get(k) is not None}
+
+
+def build_engine(spec: ModelSpec, model: Any, tokenizer: Any, *, pad_token_id: int | None) -> tuple[Any, str]:
+    """The engine the spec asks for: batched (continuous batching) where the model supports it."""
+    if spec.engine in ("auto", "batched"):
+        from gateway.engine.batch_support import batched_support
+        from gateway.engine.batched import BatchedEngine
+
+        reason = batched_support(model)
+        if reason is None:
+            engine = BatchedEngine(
+                model, tokenizer, name=spec.name, max_running=spec.max_running, max_queued=spec.max_queued
+            )
+            return engine, "batched"
+        if spec.engine == "batched":
+            raise ValueError(f"engine=batched cannot serve {spec.name}: {reason}")
+        logger.info("model %s: per-request engine (batched engine unsupported: %s)", spec.name, reason)
+    simple = HFEngine(model, tokenizer, name=spec.name, pad_token_id=pad_token_id)
+    # one generation at a time: running 1, the rest waits in the worker's queue up to max_queued
+    return AdmittedEngine(simple, Admission(max_running=1, max_queued=spec.max_queued, name=spec.name)), "simple"
 
 
 def build_served_model(spec: ModelSpec, *, cache_dir: Any, adapters: AdapterRegistry | None = None) -> ServedModel:
@@ -51,7 +74,7 @@ def build_served_model(spec: ModelSpec, *, cache_dir: Any, adapters: AdapterRegi
         chat_template_override=spec.chat_template.read_text(encoding="utf-8") if spec.chat_template else None,
         allow_plain_chat=spec.plain_chat_template,
     )
-    engine = HFEngine(loaded.model, tokenizer, name=spec.name, pad_token_id=pipeline.pad_token_id)
+    engine, kind = build_engine(spec, loaded.model, tokenizer, pad_token_id=pipeline.pad_token_id)
     served = ServedModel(
         spec=spec,
         pipeline=pipeline,
@@ -59,13 +82,21 @@ def build_served_model(spec: ModelSpec, *, cache_dir: Any, adapters: AdapterRegi
         context_length=loaded.context_length,
         vocab_size=engine.vocab_size,
         sampling_defaults=sampling_defaults(loaded.generation_config),
-        details={"device": str(loaded.device), "dtype": str(loaded.dtype).removeprefix("torch.")},
+        details={
+            "device": str(loaded.device),
+            "dtype": str(loaded.dtype).removeprefix("torch."),
+            "engine": kind,
+            **loaded.speed,
+        },
     )
+    gc.collect()
+    release_free_memory()  # loading and the self-check leave freed heap behind
     logger.info(
-        "model %s ready in %.1f s: %s, context %d",
+        "model %s ready in %.1f s: %s, context %d, %s engine",
         spec.name,
         time.monotonic() - started,
         pipeline.describe(),
         loaded.context_length,
+        kind,
     )
     return served

@@ -20,6 +20,7 @@ import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from gateway.engine.logits import build_processors, prompt_logprobs
+from gateway.engine.speed import output_vocab_size
 from gateway.engine.types import GenerationDelta, GenerationRequest, TokenLogprob
 from gateway.errors import EngineError
 
@@ -94,7 +95,7 @@ class HFEngine:
         self.name = name
         self.pad_token_id = pad_token_id
         self.device = next(model.parameters()).device
-        self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
+        self.vocab_size = output_vocab_size(model)  # also when lm_head is int8-quantized
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"generate-{name}")
         self._jobs: dict[str, _Job] = {}
         self._closed = False

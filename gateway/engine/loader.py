@@ -14,7 +14,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
+from gateway.engine.speed import auto_cpu_dtype, can_prepack, compile_forward, prepack_linears, quantize_int8
 from gateway.settings import EMBEDDED_MODEL, ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     source: str
+    speed: dict[str, Any] = field(default_factory=dict)  # CPU speed options that were applied
 
 
 def embedded_gguf_path() -> Path:
@@ -69,14 +71,17 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device("cpu")
 
 
-def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
+def resolve_dtype(requested: str, device: torch.device, quantization: str = "none") -> torch.dtype:
+    if quantization == "int8" and requested not in ("auto", "float32"):
+        logger.warning("int8 quantization runs on float32 weights; ignoring dtype %s", requested)
+        return torch.float32
     if requested != "auto":
         return getattr(torch, requested)
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "mps":
         return torch.float16
-    return torch.float32
+    return auto_cpu_dtype(quantization)
 
 
 def context_length(config: dict[str, Any], tokenizer: Any, override: int | None) -> int:
@@ -156,7 +161,9 @@ def load_tokenizer(spec: ModelSpec, model_dir: Path) -> Any:
 def load_model(spec: ModelSpec, model_dir: Path, tokenizer: Any, *, trust_remote_code: bool) -> LoadedModel:
     """Load weights on the resolved device/dtype and neutralize the model's own generation defaults."""
     device = resolve_device(spec.device)
-    dtype = resolve_dtype(spec.dtype, device)
+    dtype = resolve_dtype(spec.dtype, device, spec.quantization)
+    if spec.quantization == "int8" and device.type != "cpu":
+        raise ValueError(f"quantization=int8 is CPU-only (dynamic int8 Linear layers); the device is {device}.")
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust_remote_code}
     multi_gpu = spec.device == "auto" and device.type == "cuda" and torch.cuda.device_count() > 1
     if multi_gpu:
@@ -165,12 +172,27 @@ def load_model(spec: ModelSpec, model_dir: Path, tokenizer: Any, *, trust_remote
     if not multi_gpu:
         model.to(device)
     model.eval()
+    packed = quantized = 0
+    if spec.quantization == "int8":
+        quantized = quantize_int8(model)
+    if spec.prepack and can_prepack(model):
+        packed = prepack_linears(model)  # the Linear layers int8 left alone, if any
+    if spec.compile:
+        compile_forward(model)
     config = model.config.to_dict()
     # Only what the model's files set (to_dict() would add library defaults such as top_k=50).
     generation_config = _read_json(model_dir / "generation_config.json") or model.generation_config.to_diff_dict()
     # Requests carry every generation setting; the model's defaults must not leak in through generate().
     model.generation_config = GenerationConfig()
-    logger.info("loaded %s on %s as %s", spec.name, device, dtype)
+    logger.info(
+        "loaded %s on %s as %s%s%s%s",
+        spec.name,
+        device,
+        dtype,
+        f", {quantized} Linear layers int8" if quantized else "",
+        f", {packed} Linear layers pre-packed for oneDNN" if packed else "",
+        ", compiled" if spec.compile else "",
+    )
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
@@ -180,6 +202,12 @@ def load_model(spec: ModelSpec, model_dir: Path, tokenizer: Any, *, trust_remote
         device=device,
         dtype=dtype,
         source=spec.source,
+        speed={
+            "quantization": spec.quantization,
+            "int8_linears": quantized,
+            "prepacked_linears": packed,
+            "compiled": spec.compile,
+        },
     )
 
 

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from gateway.engine.admission import reserve
 from gateway.errors import InvalidRequestError
 from gateway.models import ServedModel
 from gateway.registry import ModelRegistry
@@ -113,6 +114,7 @@ class ChatService:
         starts_in_reasoning = prompt.mode.reasoning and served.pipeline.decode(
             prompt_ids[-8:], skip_special_tokens=False
         ).rstrip().endswith("<think>")
+        reserve(served.engine, req.n or 1)  # admission control: 429 + Retry-After before any stream starts
         return ChatPlan(
             id=f"chatcmpl-{uuid.uuid4().hex}",
             created=int(time.time()),

@@ -7,6 +7,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from gateway.engine.admission import reserve
 from gateway.errors import InvalidRequestError, UnsupportedParameterError
 from gateway.models import ServedModel
 from gateway.registry import ModelRegistry
@@ -111,6 +112,7 @@ class CompletionService:
                 len(ids), req.max_tokens, served, default_cap=self.settings.default_max_tokens, noun="prompt"
             )
             prompts.append(PromptInput(text=text, ids=ids, max_new_tokens=max_new))
+        reserve(served.engine, len(prompts) * (req.n or 1))  # admission control: 429 before any stream starts
         return CompletionPlan(
             id=f"cmpl-{uuid.uuid4().hex}",
             created=int(time.time()),

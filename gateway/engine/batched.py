@@ -1,0 +1,403 @@
+"""Continuous-batching engine: concurrent requests share every forward pass of the model.
+
+One dedicated thread per model runs the scheduler loop over the model's own forward and a shared
+KV cache (`BatchKVCache`). Each iteration:
+
+1. drops rows whose request was cancelled (client gone, `abort`), freeing their slots;
+2. admits waiting requests into free slots (≤ max_running) and prefills them together in one
+   left-padded forward; their first token is sampled from the prefill logits and sent at once;
+3. runs one decode step for every active row (one token each), samples every row with its own
+   parameters (`sampling.sample`), decodes text incrementally and retires rows that stopped.
+
+Requests join and leave between steps. Deltas go to each request's asyncio queue through one
+`call_soon_threadsafe` per event loop per step. transformers' own continuous batching
+(`init_continuous_batching`) is not used: it takes temperature/top-k/top-p from the first request's
+generation config and has no per-request seeds, penalties, bias, logits processors or logprobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from gateway.engine.admission import Admission
+from gateway.engine.detok import IncrementalDetokenizer
+from gateway.engine.kvcache import BatchKVCache
+from gateway.engine.logits import prompt_logprobs
+from gateway.engine.sampling import RowSampling, sample
+from gateway.engine.speed import output_vocab_size, release_free_memory
+from gateway.engine.threads import ThreadTuner
+from gateway.engine.types import GenerationDelta, GenerationRequest, TokenLogprob
+from gateway.errors import EngineError
+
+logger = logging.getLogger(__name__)
+
+MIN_SHARED_PREFIX = 8  # shorter common prompt prefixes are prefilled with the rest
+COALESCE_GAP_S = 0.005  # an idle engine waits this long for another request of the same burst ...
+COALESCE_MAX_S = 0.030  # ... but no longer than this in all
+
+
+def _shared_prefix(prompts: list[list[int]]) -> int:
+    """Tokens every prompt starts with, leaving each at least one token of its own (its first logits)."""
+    limit = min(len(p) for p in prompts) - 1
+    first = prompts[0]
+    n = 0
+    while n < limit and all(p[n] == first[n] for p in prompts):
+        n += 1
+    return n
+
+
+@dataclass(eq=False)
+class _Seq:
+    """One request inside the engine; touched by the engine thread, except `cancelled`."""
+
+    request: GenerationRequest
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    cancelled: bool = False
+    history: list[int] = field(default_factory=list)  # prompt + generated ids (for penalties/processors)
+    generated: int = 0
+    sampling: RowSampling | None = None
+    detok: IncrementalDetokenizer | None = None
+    pending: list[int] = field(default_factory=list)  # ids not sent yet (their text is held back)
+    pending_logprobs: list[TokenLogprob] = field(default_factory=list)
+
+
+class _Outbox:
+    """Deltas produced in one step, delivered with one thread-safe callback per event loop."""
+
+    def __init__(self) -> None:
+        self.items: dict[asyncio.AbstractEventLoop, list[tuple[_Seq, Any]]] = {}
+
+    def add(self, seq: _Seq, item: GenerationDelta | BaseException) -> None:
+        self.items.setdefault(seq.loop, []).append((seq, item))
+
+    def flush(self) -> None:
+        for loop, items in self.items.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, items)
+            except RuntimeError:  # that event loop is closed: nobody is listening any more
+                for seq, _ in items:
+                    seq.cancelled = True
+        self.items = {}
+
+
+def _deliver(items: list[tuple[_Seq, Any]]) -> None:
+    for seq, item in items:
+        seq.queue.put_nowait(item)
+
+
+class BatchedEngine:
+    """Engine protocol over one causal LM with continuous batching (see the module docstring)."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        name: str,
+        max_running: int = 16,
+        max_queued: int = 64,
+        max_prefill_tokens: int = 2048,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.max_running = max_running
+        self.max_prefill_tokens = max_prefill_tokens
+        self.admission = Admission(max_running=max_running, max_queued=max_queued, name=name)
+        self.device = next(model.parameters()).device
+        self.vocab_size = output_vocab_size(model)
+        config = model.config.get_text_config(decoder=True)
+        self._float_mask = getattr(model.config, "_attn_implementation", "sdpa") != "sdpa"
+        self._mask_dtype = next(model.parameters()).dtype
+        if not self._mask_dtype.is_floating_point:
+            self._mask_dtype = torch.float32
+        self.cache = BatchKVCache(config.num_hidden_layers, self.device)
+        self.tuner = ThreadTuner()
+        self._active: list[_Seq] = []  # row i of the cache is _active[i]
+        self._waiting: deque[_Seq] = deque()
+        self._seqs: dict[str, _Seq] = {}
+        self._cond = threading.Condition()
+        self._closed = False
+        self._token_text: dict[int, str] = {}
+        self.steps = 0  # decode steps run (for tests and stats)
+        self.shared_prefix_tokens = 0  # prompt tokens not recomputed thanks to a shared prefix
+        self.dropped: deque[tuple[str, int]] = deque(maxlen=256)  # (request id, step) of recent cancellations
+        self._thread = threading.Thread(target=self._loop, name=f"batched-{name}", daemon=True)
+        self._thread.start()
+
+    # ---- Engine protocol (event loop side) ------------------------------------------------------------
+    def reserve(self, n: int) -> None:
+        """Hold n places before a stream starts; raises OverloadedError (HTTP 429) when full."""
+        if self._closed:
+            raise EngineError("The engine is shutting down.")
+        self.admission.reserve(n)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
+        if self._closed:
+            raise EngineError("The engine is shutting down.")
+        self.admission.enter()  # raises OverloadedError before anything is yielded
+        seq = _Seq(request=request, loop=asyncio.get_running_loop())
+        self._seqs[request.request_id] = seq
+        with self._cond:
+            self._waiting.append(seq)
+            self._cond.notify()
+        try:
+            while True:
+                item = await seq.queue.get()
+                if isinstance(item, BaseException):
+                    raise EngineError(f"Generation failed: {item}") from item
+                yield item
+                if item.finish_reason is not None:
+                    return
+        finally:
+            seq.cancelled = True  # a no-op once finished; otherwise the next step drops the row
+            self._seqs.pop(request.request_id, None)
+            self.admission.leave()
+
+    async def abort(self, request_id: str) -> None:
+        seq = self._seqs.get(request_id)
+        if seq is not None:
+            seq.cancelled = True
+            with self._cond:
+                self._cond.notify()
+
+    async def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            for seq in [*self._active, *self._waiting]:
+                seq.cancelled = True
+            self._cond.notify()
+        for _ in range(1000):  # the step in progress finishes, then the thread exits (no executor thread)
+            if not self._thread.is_alive():
+                break
+            await asyncio.sleep(0.01)
+
+    def stats(self) -> dict[str, int]:
+        return {"running": len(self._active), "waiting": len(self._waiting), "in_flight": self.admission.in_flight}
+
+    # ---- engine thread ----------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        with torch.inference_mode():
+            while True:
+                if not self._waiting and not self._active:
+                    release_free_memory()  # going idle: return the burst's freed heap to the OS
+                    logger.debug("idle after %d steps; thread tuning %s", self.steps, self.tuner.describe())
+                with self._cond:
+                    while not self._closed and not self._waiting and not self._active:
+                        self._cond.wait()
+                    if not self._active:
+                        self._coalesce()
+                    if self._closed:
+                        break
+                    admitted, dropped = self._take_waiting()
+                out = _Outbox()
+                for seq in dropped:
+                    out.add(seq, GenerationDelta(finish_reason="abort"))
+                try:
+                    self._drop_cancelled(out)
+                    if admitted:
+                        self._prefill(admitted, out)
+                        out.flush()  # first tokens go out before the decode step
+                    if self._active:
+                        self._decode(out)
+                except Exception as exc:  # reported to every request in the batch; the thread lives on
+                    logger.exception("batched step failed for %s", self.name)
+                    for seq in {*self._active, *admitted}:
+                        out.add(seq, exc)
+                    self._active.clear()
+                    self.cache.reset()
+                out.flush()
+            out = _Outbox()
+            with self._cond:
+                for seq in [*self._active, *self._waiting]:
+                    out.add(seq, GenerationDelta(token_ids=seq.pending, finish_reason="abort"))
+                self._active.clear()
+                self._waiting.clear()
+            out.flush()
+            self.cache.reset()
+
+    def _coalesce(self) -> None:
+        """Idle engine, first request in: wait a moment for the rest of a burst (under the lock).
+
+        Requests of a burst reach the engine a millisecond or two apart (the event loop prepares them
+        one by one). Prefilled together they share one forward (and their common prompt prefix);
+        otherwise the first one's prefill delays all the others.
+        """
+        deadline = time.monotonic() + COALESCE_MAX_S
+        seen = len(self._waiting)
+        while not self._closed and seen < self.max_running:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._cond.wait(min(COALESCE_GAP_S, left))
+            if len(self._waiting) == seen:  # nobody else came: go
+                break
+            seen = len(self._waiting)
+
+    def _take_waiting(self) -> tuple[list[_Seq], list[_Seq]]:
+        """(requests that fit in the free slots and the prefill token budget, cancelled waiting ones)."""
+        dropped = [seq for seq in self._waiting if seq.cancelled]
+        if dropped:
+            self._waiting = deque(seq for seq in self._waiting if not seq.cancelled)
+        taken: list[_Seq] = []
+        tokens = 0
+        while self._waiting and len(self._active) + len(taken) < self.max_running:
+            length = len(self._waiting[0].request.prompt_ids)
+            if taken and tokens + length > self.max_prefill_tokens:
+                break
+            taken.append(self._waiting.popleft())
+            tokens += length
+        return taken, dropped
+
+    def _drop_cancelled(self, out: _Outbox) -> None:
+        for row in range(len(self._active) - 1, -1, -1):
+            seq = self._active[row]
+            if seq.cancelled:
+                out.add(seq, GenerationDelta(token_ids=seq.pending, finish_reason="abort"))
+                self.dropped.append((seq.request.request_id, self.steps))
+                self._remove(row)
+
+    def _remove(self, row: int) -> None:
+        self.cache.remove_row(row)
+        last = self._active.pop()
+        if row < len(self._active):
+            self._active[row] = last
+
+    def _forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self._float_mask:  # eager attention adds the mask to the scores
+            mask = torch.zeros(mask.shape, dtype=self._mask_dtype, device=mask.device).masked_fill_(
+                ~mask, torch.finfo(self._mask_dtype).min
+            )
+        out = self.model(
+            input_ids=input_ids,
+            position_ids=position_ids,
+            attention_mask=mask,
+            past_key_values=self.cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return out.logits[:, -1, :]
+
+    def _prefill(self, seqs: list[_Seq], out: _Outbox) -> None:
+        ready: list[_Seq] = []
+        for seq in seqs:
+            params = seq.request.params
+            if params.prompt_logprobs is not None:
+                out.add(seq, GenerationDelta(prompt_logprobs=self._prompt_logprobs(seq)))
+            if params.max_new_tokens <= 0:
+                out.add(seq, GenerationDelta(finish_reason="length"))
+                continue
+            seq.history = list(seq.request.prompt_ids)
+            seq.sampling = RowSampling.build(
+                params, prompt_len=len(seq.history), vocab_size=self.vocab_size, device=self.device
+            )
+            seq.detok = IncrementalDetokenizer(self.tokenizer, skip_special_tokens=params.skip_special_tokens)
+            ready.append(seq)
+        if not ready:
+            return
+        lengths = [len(seq.history) for seq in ready]
+        shared = _shared_prefix([seq.history for seq in ready]) if len(ready) > 1 else 0
+        if shared < MIN_SHARED_PREFIX:
+            shared = 0
+        if shared:  # e.g. the system prompt of a burst of chat requests: computed once, copied to each row
+            position_ids, mask = self.cache.begin_shared_prefix(lengths, shared)
+            prefix = torch.tensor([ready[0].history[:shared]], dtype=torch.long, device=self.device)
+            self.tuner.run("prefill", shared, self._forward, prefix, position_ids, mask)
+            self.cache.copy_shared_prefix(len(ready), lengths, shared)
+            self.shared_prefix_tokens += shared * (len(ready) - 1)
+        width = max(lengths) - shared
+        position_ids, mask = self.cache.begin_prefill(lengths, shared)
+        input_ids = torch.tensor(
+            [[0] * (width - (len(seq.history) - shared)) + seq.history[shared:] for seq in ready],
+            dtype=torch.long,
+            device=self.device,
+        )
+        logits = self.tuner.run("prefill", len(ready) * width, self._forward, input_ids, position_ids, mask)
+        self.cache.end_prefill(lengths, shared)
+        logger.debug("prefill: %d rows joined %d, width %d after %d shared", len(ready), self.cache.rows, width, shared)
+        first = len(self._active)
+        self._active.extend(ready)
+        self._advance(ready, logits, first, out)
+
+    def _decode(self, out: _Outbox) -> None:
+        input_ids, position_ids, mask = self.cache.begin_decode()
+        logits = self.tuner.run("decode", 1, self._forward, input_ids, position_ids, mask)
+        self.cache.end_decode()
+        self.steps += 1
+        self._advance(list(self._active), logits, 0, out)
+
+    def _advance(self, seqs: list[_Seq], logits: torch.Tensor, first_row: int, out: _Outbox) -> None:
+        """Sample one token for rows first_row.. (= seqs), stream it, and retire the rows that finished."""
+        result = sample(logits, [seq.sampling for seq in seqs], lambda i: seqs[i].history)  # type: ignore[misc]
+        self.cache.tokens[first_row : first_row + len(seqs)] = result.tokens
+        finished: list[int] = []
+        for i, seq in enumerate(seqs):
+            if i in result.errors:
+                logger.warning("request %s: logits processor failed: %s", seq.request.request_id, result.errors[i])
+                out.add(seq, result.errors[i])
+                finished.append(first_row + i)
+                continue
+            token = result.token_list[i]
+            seq.generated += 1
+            seq.history.append(token)
+            params = seq.request.params
+            stop = token in params.stop_token_ids
+            text = "" if stop else seq.detok.push(token)  # type: ignore[union-attr]
+            finish = "stop" if stop else ("length" if seq.generated >= params.max_new_tokens else None)
+            seq.pending.append(token)
+            logprob = result.logprobs[i]
+            if logprob is not None:
+                seq.pending_logprobs.append(self._token_logprob(token, logprob[0], logprob[1]))
+            if finish is not None:
+                text += seq.detok.flush()  # type: ignore[union-attr]
+                finished.append(first_row + i)
+            elif not text and logprob is None:
+                continue  # text held back (incomplete character): send these ids with the next piece
+            out.add(
+                seq,
+                GenerationDelta(
+                    text=text,
+                    token_ids=seq.pending,
+                    logprobs=seq.pending_logprobs if params.logprobs is not None else None,
+                    finish_reason=finish,  # type: ignore[arg-type]
+                ),
+            )
+            seq.pending, seq.pending_logprobs = [], []
+        for row in sorted(finished, reverse=True):
+            self._remove(row)
+
+    # ---- logprobs -----------------------------------------------------------------------------------------
+    def _text_of(self, token_id: int) -> str:
+        text = self._token_text.get(token_id)
+        if text is None:
+            text = self._token_text[token_id] = self.tokenizer.decode([token_id])
+        return text
+
+    def _token_logprob(self, token_id: int, logprob: float | None, top: Iterable[tuple[int, float]]) -> TokenLogprob:
+        return TokenLogprob(
+            token_id=token_id,
+            token=self._text_of(token_id),
+            logprob=logprob,
+            top=tuple((self._text_of(i), lp) for i, lp in top),
+        )
+
+    def _prompt_logprobs(self, seq: _Seq) -> list[TokenLogprob]:
+        ids = list(seq.request.prompt_ids)
+        k = seq.request.params.prompt_logprobs or 0
+        first = TokenLogprob(token_id=ids[0], token=self._text_of(ids[0]), logprob=None)
+        logits = self.model(input_ids=torch.tensor([ids], device=self.device), use_cache=False).logits
+        rest = [
+            self._token_logprob(token_id, logprob, top)
+            for token_id, (logprob, top) in zip(ids[1:], prompt_logprobs(logits, ids, k), strict=True)
+        ]
+        return [first, *rest]

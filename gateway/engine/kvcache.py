@@ -1,0 +1,257 @@
+"""A KV cache for continuous batching over a transformers model's own forward.
+
+Every row of the batch is one sequence; all rows share the column axis. Each decode step writes one
+new column for every row at `end`; a row's valid columns are marked in `valid`, so rows may start at
+different columns (a request that joins late puts its prompt just left of `end`) and may have holes.
+The attention mask handed to the model is a view of `valid`, so the model never sees other rows' data.
+
+Buffers are preallocated per layer as [rows, kv_heads, columns, head_dim] and grow by doubling, so a
+step writes one column in place instead of concatenating the whole cache (what DynamicCache does).
+Active rows are kept compact in [0, rows): a finished row is replaced by the last one (one row copy).
+Columns left of every active row's start are reclaimed by shifting the window when the buffer is full.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.cache_utils import Cache, DynamicLayer
+
+MIN_COLUMNS = 64
+MIN_ROWS = 4
+
+
+def _pow2(n: int, floor: int) -> int:
+    size = floor
+    while size < n:
+        size *= 2
+    return size
+
+
+class _ColumnLayer(DynamicLayer):
+    """Placeholder layer: the cache handles updates itself; this only answers layer-type questions."""
+
+    is_sliding = False
+
+
+class BatchKVCache(Cache):
+    """Shared-column KV cache; see the module docstring. Used from one thread only."""
+
+    def __init__(self, num_layers: int, device: torch.device) -> None:
+        super().__init__(layers=[_ColumnLayer() for _ in range(num_layers)])
+        self.device = device
+        self.row_capacity = 0
+        self.col_capacity = 0
+        self.keys: list[torch.Tensor | None] = [None] * num_layers
+        self.values: list[torch.Tensor | None] = [None] * num_layers
+        self.rows = 0  # active decode rows are [0, rows)
+        self.start = 0  # first column any active row uses
+        self.end = 0  # the column the next decode step writes
+        self.valid = torch.zeros(0, 0, dtype=torch.bool, device=device)
+        self.positions = torch.zeros(0, dtype=torch.long, device=device)  # next position id per row
+        self.tokens = torch.zeros(0, dtype=torch.long, device=device)  # next input token per row
+        self.row_start: list[int] = []
+        # what the next forward writes: rows [r0, r1), columns [w0, w0 + q), returns columns [ws, w0 + q)
+        self._target = (0, 0, 0, 0, 0)
+
+    # ---- transformers Cache interface --------------------------------------------------------------
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        r0, r1, w0, q, ws = self._target
+        keys, values = self.keys[layer_idx], self.values[layer_idx]
+        if keys is None or values is None:
+            keys, values = self._allocate(layer_idx, key_states, value_states)
+        keys[r0:r1, :, w0 : w0 + q] = key_states
+        values[r0:r1, :, w0 : w0 + q] = value_states
+        return keys[r0:r1, :, ws : w0 + q], values[r0:r1, :, ws : w0 + q]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        _, _, w0, _, ws = self._target
+        return w0 - ws
+
+    def get_mask_sizes(self, query_length: int, layer_idx: int) -> tuple[int, int]:
+        return self.get_seq_length() + query_length, 0
+
+    @property
+    def is_compileable(self) -> bool:
+        return False
+
+    # ---- layout --------------------------------------------------------------------------------------
+    def _allocate(self, layer_idx: int, key_states: torch.Tensor, value_states: torch.Tensor):
+        shape_k = (self.row_capacity, key_states.shape[1], self.col_capacity, key_states.shape[3])
+        shape_v = (self.row_capacity, value_states.shape[1], self.col_capacity, value_states.shape[3])
+        # zeros, not empty: masked columns are multiplied by 0 in attention, and 0 * NaN would leak
+        self.keys[layer_idx] = torch.zeros(shape_k, dtype=key_states.dtype, device=self.device)
+        self.values[layer_idx] = torch.zeros(shape_v, dtype=value_states.dtype, device=self.device)
+        return self.keys[layer_idx], self.values[layer_idx]
+
+    def _resize(self, rows: int, cols: int) -> None:
+        """Grow (never shrink below the data) to rows x cols, keeping active rows and the column window."""
+        rows, cols = max(rows, self.row_capacity), max(cols, self.col_capacity)
+        if rows == self.row_capacity and cols == self.col_capacity:
+            return
+        keep_r, keep_c = self.rows, self.end
+        for store in (self.keys, self.values):
+            for i, old in enumerate(store):
+                if old is None:
+                    continue
+                new = torch.zeros((rows, old.shape[1], cols, old.shape[3]), dtype=old.dtype, device=old.device)
+                new[:keep_r, :, :keep_c] = old[:keep_r, :, :keep_c]
+                store[i] = new
+        valid = torch.zeros(rows, cols, dtype=torch.bool, device=self.device)
+        valid[:keep_r, :keep_c] = self.valid[:keep_r, :keep_c]
+        self.valid = valid
+        for name in ("positions", "tokens"):
+            old = getattr(self, name)
+            new = torch.zeros(rows, dtype=torch.long, device=self.device)
+            new[: old.shape[0]] = old
+            setattr(self, name, new)
+        self.row_start.extend([0] * (rows - len(self.row_start)))
+        self.row_capacity, self.col_capacity = rows, cols
+
+    def _move_columns(self, shift: int) -> None:
+        """Move the active window [start, end) by `shift` columns (negative = left) for the active rows."""
+        if shift == 0:
+            return
+        src0, src1, rows = self.start, self.end, self.rows
+        dst0 = src0 + shift
+        for store in (self.keys, self.values):
+            for buf in store:
+                if buf is not None and rows:
+                    buf[:rows, :, dst0 : dst0 + (src1 - src0)] = buf[:rows, :, src0:src1].clone()
+        window = self.valid[:rows, src0:src1].clone()
+        self.valid[:rows] = False
+        self.valid[:rows, dst0 : dst0 + (src1 - src0)] = window
+        for r in range(rows):
+            self.row_start[r] += shift
+        self.start, self.end = dst0, src1 + shift
+
+    def _ensure_columns(self, needed_end: int) -> None:
+        """Make room up to column `needed_end` (exclusive): reclaim dead columns on the left, then grow."""
+        if needed_end <= self.col_capacity:
+            return
+        if self.start > 0:
+            shift = self.start
+            self._move_columns(-shift)
+            needed_end -= shift
+        if needed_end > self.col_capacity:
+            self._resize(self.row_capacity, _pow2(needed_end, MIN_COLUMNS))
+
+    def reset(self) -> None:
+        """Forget every row; buffers are released when they grew large (kept small ones for reuse)."""
+        self.rows = self.start = self.end = 0
+        if self.row_capacity * self.col_capacity > 16 * 1024:
+            self.keys = [None] * len(self.keys)
+            self.values = [None] * len(self.values)
+            self.row_capacity = self.col_capacity = 0
+            self.valid = torch.zeros(0, 0, dtype=torch.bool, device=self.device)
+            self.positions = torch.zeros(0, dtype=torch.long, device=self.device)
+            self.tokens = torch.zeros(0, dtype=torch.long, device=self.device)
+            self.row_start = []
+        else:
+            self.valid.zero_()
+
+    # ---- prefill: new rows join ------------------------------------------------------------------------
+    # New rows go after the active ones. Their prompts end at `end`; a prefix that all of them share
+    # (`shared` tokens, e.g. a chat template's system prompt) sits in the same columns for every new
+    # row, so it is computed once (one row) and copied: [end - q, end - q + shared). Each row's own
+    # suffix is right-aligned to `end`; shorter rows leave masked holes between prefix and suffix.
+    def _layout(self, n: int, q: int) -> None:
+        if self.rows == 0:
+            self.start = self.end = 0
+            self.valid.zero_()
+        self._ensure_columns(self.end + 1)
+        if self.end < q:  # the prompts need q columns left of `end`: move the window right
+            self._resize(self.row_capacity, _pow2(q + 1, MIN_COLUMNS))
+            self._move_columns(q - self.end)
+        self._resize(_pow2(self.rows + n, MIN_ROWS), self.col_capacity)
+
+    def begin_shared_prefix(self, lengths: list[int], shared: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Lay out the new rows and target the shared prefix of the first one: (position_ids, mask)."""
+        self._layout(len(lengths), max(lengths))
+        r0, w0 = self.rows, self.end - max(lengths)
+        self._target = (r0, r0 + 1, w0, shared, w0)
+        ar = torch.arange(shared, device=self.device)
+        return ar[None, :], (ar[None, :] <= ar[:, None])[None, None]
+
+    def copy_shared_prefix(self, n: int, lengths: list[int], shared: int) -> None:
+        r0, c0 = self.rows, self.end - max(lengths)
+        for store in (self.keys, self.values):
+            for buf in store:
+                if buf is not None:
+                    buf[r0 + 1 : r0 + n, :, c0 : c0 + shared] = buf[r0 : r0 + 1, :, c0 : c0 + shared]
+
+    def begin_prefill(self, lengths: list[int], shared: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Target the new rows' prompts after `shared` prefix tokens (already in place when shared > 0).
+
+        Returns (position_ids [n, qs], mask [n, 1, qs, shared + qs] bool) for left-padded suffixes of
+        width qs = max(lengths) - shared.
+        """
+        n, q = len(lengths), max(lengths)
+        if not shared:
+            self._layout(n, q)
+        qs = q - shared
+        r0, w0 = self.rows, self.end - qs
+        self._target = (r0, r0 + n, w0, qs, self.end - q)
+        own = torch.tensor([length - shared for length in lengths], device=self.device)
+        ar = torch.arange(qs, device=self.device)
+        real = ar[None, :] >= (qs - own)[:, None]  # [n, qs]: column holds a prompt token
+        mask = (ar[None, :] <= ar[:, None])[None] & real[:, None, :]
+        mask |= torch.eye(qs, dtype=torch.bool, device=self.device)[None] & ~real[:, :, None]  # pads see themselves
+        prefix = (real[:, :, None] & torch.ones(1, 1, shared, dtype=torch.bool, device=self.device)).expand(
+            n, qs, shared
+        )
+        positions = (ar[None, :] - (qs - own)[:, None] + shared).clamp_(min=0)
+        return positions, torch.cat([prefix, mask], dim=2)[:, None]
+
+    def end_prefill(self, lengths: list[int], shared: int = 0) -> None:
+        """The new rows become active: mark their columns valid and set their next positions."""
+        r0, q = self.rows, max(lengths)
+        for i, length in enumerate(lengths):
+            row = r0 + i
+            self.valid[row] = False
+            self.valid[row, self.end - q : self.end - q + shared] = True
+            self.valid[row, self.end - (length - shared) : self.end] = True
+            self.positions[row] = length
+            if len(self.row_start) <= row:
+                self.row_start.extend([0] * (row + 1 - len(self.row_start)))
+            self.row_start[row] = self.end - (q if shared else length)
+        self.rows += len(lengths)
+        self.start = min(self.row_start[: self.rows])
+
+    # ---- decode: one column for every active row ---------------------------------------------------------
+    def begin_decode(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(input_ids [rows, 1], position_ids [rows, 1], mask [rows, 1, 1, window]) for one decode step."""
+        self._ensure_columns(self.end + 1)
+        rows, end = self.rows, self.end
+        self.valid[:rows, end] = True
+        self._target = (0, rows, end, 1, self.start)
+        mask = self.valid[:rows, None, None, self.start : end + 1]
+        return self.tokens[:rows, None], self.positions[:rows, None], mask
+
+    def end_decode(self) -> None:
+        self.positions[: self.rows] += 1
+        self.end += 1
+
+    def remove_row(self, row: int) -> None:
+        """Drop an active row; the last active row moves into its place (callers mirror the move)."""
+        last = self.rows - 1
+        if row != last:
+            c0, c1 = self.start, self.end
+            for store in (self.keys, self.values):
+                for buf in store:
+                    if buf is not None:
+                        buf[row, :, c0:c1] = buf[last, :, c0:c1]
+            self.valid[row] = self.valid[last]
+            self.positions[row] = self.positions[last]
+            self.tokens[row] = self.tokens[last]
+            self.row_start[row] = self.row_start[last]
+        self.valid[last] = False
+        self.rows = last
+        if self.rows == 0:
+            self.reset()
+        else:
+            self.start = min(self.row_start[: self.rows])
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for store in (self.keys, self.values) for t in store if t is not None)

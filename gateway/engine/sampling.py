@@ -1,0 +1,161 @@
+"""Per-row sampling for a batch: every row keeps its own parameters, processors and generator.
+
+Same semantics and order as `gateway.engine.logits.build_processors` (the per-request chain of the
+transformers engine): raw logprob capture → repetition penalty → presence/frequency penalties →
+logit_bias → the request's own logits processors (row-wise, (1, len) ids and (1, vocab) scores) →
+temperature → top-k → top-p → min-p → greedy argmax or a draw from the row's own torch.Generator.
+
+The common case costs a handful of batched tensor ops: penalties, bias and processors run row by row
+only for the rows that have them; warpers are applied to the sampling rows together, with per-row
+parameters; a draw is one uniform number per row (inverse CDF), so the global RNG is never touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
+
+from gateway.engine.logits import LOGPROB_FLOOR, LogitBias, OpenAIPenalties
+from gateway.engine.types import SamplingParams
+
+NEG_INF = float("-inf")
+
+
+@dataclass
+class RowSampling:
+    """What one request needs at every step; built once when it joins the batch."""
+
+    greedy: bool
+    temperature: float
+    top_k: int
+    top_p: float
+    min_p: float
+    logprobs: int | None
+    generator: torch.Generator | None
+    processors: list[Any] = field(default_factory=list)  # row-wise (1, len) ids / (1, vocab) scores
+
+    @classmethod
+    def build(cls, params: SamplingParams, *, prompt_len: int, vocab_size: int, device: torch.device) -> RowSampling:
+        processors: list[Any] = []
+        if params.repetition_penalty != 1.0:
+            processors.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
+        if params.presence_penalty or params.frequency_penalty:
+            processors.append(OpenAIPenalties(prompt_len, params.presence_penalty, params.frequency_penalty))
+        if params.logit_bias:
+            processors.append(LogitBias(params.logit_bias, vocab_size, device))
+        processors.extend(factory() for factory in params.logits_processors)
+        generator = None
+        if not params.greedy:
+            generator = torch.Generator(device=device)
+            if params.seed is None:
+                generator.seed()
+            else:
+                generator.manual_seed(params.seed)
+        return cls(
+            greedy=params.greedy,
+            temperature=params.temperature,
+            top_k=params.top_k if params.top_k and params.top_k > 0 else 0,
+            top_p=params.top_p,
+            min_p=params.min_p,
+            logprobs=params.logprobs,
+            generator=generator,
+            processors=processors,
+        )
+
+
+@dataclass
+class SampleResult:
+    tokens: torch.Tensor  # [n] long, on the model's device
+    token_list: list[int]
+    # per row: (logprob of the chosen token, [(token_id, logprob), ...]) or None when not requested
+    logprobs: list[tuple[float, list[tuple[int, float]]] | None]
+    errors: dict[int, Exception] = field(default_factory=dict)  # rows whose own logits processor raised
+
+
+def _warp(scores: torch.Tensor, rows: list[RowSampling]) -> torch.Tensor:
+    """Temperature, top-k, top-p and min-p with per-row values, as the transformers warpers do them."""
+    device = scores.device
+    temps = [r.temperature for r in rows]
+    if any(t != 1.0 for t in temps):
+        scores = scores / torch.tensor(temps, dtype=scores.dtype, device=device)[:, None]
+    ks = [min(r.top_k, scores.shape[-1]) for r in rows]
+    if any(ks):
+        kmax = max(ks)
+        top = torch.topk(scores, kmax, dim=-1).values
+        kth = top.gather(1, torch.tensor([max(k, 1) - 1 for k in ks], device=device)[:, None])
+        kth[torch.tensor([k == 0 for k in ks], device=device)] = NEG_INF
+        scores = scores.masked_fill(scores < kth, NEG_INF)
+    ps = [r.top_p for r in rows]
+    if any(p < 1.0 for p in ps):
+        sorted_scores, order = torch.sort(scores, descending=False, dim=-1)
+        cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+        remove = cumulative <= (1.0 - torch.tensor(ps, dtype=cumulative.dtype, device=device))[:, None]
+        remove[:, -1] = False  # keep at least one token
+        scores = scores.masked_fill(remove.scatter(1, order, remove), NEG_INF)
+    mins = [r.min_p for r in rows]
+    if any(m > 0.0 for m in mins):
+        probs = scores.softmax(dim=-1)
+        floor = probs.amax(dim=-1, keepdim=True) * torch.tensor(mins, dtype=probs.dtype, device=device)[:, None]
+        scores = scores.masked_fill(probs < floor, NEG_INF)
+    return scores
+
+
+def _draw(scores: torch.Tensor, rows: list[RowSampling]) -> torch.Tensor:
+    """One token per row from softmax(scores), by inverse CDF with one uniform from each row's generator."""
+    probs = scores.softmax(dim=-1)
+    cdf = probs.cumsum(dim=-1)
+    uniforms = torch.stack([torch.rand((), generator=r.generator, device=scores.device) for r in rows])
+    targets = (uniforms.to(cdf.dtype) * cdf[:, -1]).unsqueeze(1)
+    picked = torch.searchsorted(cdf, targets, right=True).squeeze(1)
+    return picked.clamp_(max=scores.shape[-1] - 1)
+
+
+def sample(logits: torch.Tensor, rows: list[RowSampling], history: Callable[[int], list[int]]) -> SampleResult:
+    """Pick the next token of every row. `logits` is [n, vocab]; `history(i)` is row i's prompt + output."""
+    scores = logits.float()
+    n = scores.shape[0]
+    logprob_rows = [i for i, r in enumerate(rows) if r.logprobs is not None]
+    raw = torch.log_softmax(scores[logprob_rows], dim=-1) if logprob_rows else None
+    slow = [i for i, r in enumerate(rows) if r.processors]
+    errors: dict[int, Exception] = {}
+    if slow:
+        scores = scores.clone() if scores is logits else scores
+        for i in slow:
+            ids = torch.tensor([history(i)], dtype=torch.long, device=scores.device)
+            row = scores[i : i + 1]
+            try:
+                for processor in rows[i].processors:
+                    row = processor(ids, row)
+            except Exception as exc:  # one request's processor fails that request only
+                errors[i] = exc
+                continue
+            scores[i : i + 1] = row
+    tokens = scores.argmax(dim=-1)
+    sampled = [i for i, r in enumerate(rows) if not r.greedy]
+    if sampled:
+        if len(sampled) == n:
+            tokens = _draw(_warp(scores, rows), rows)
+        else:
+            index = torch.tensor(sampled, device=scores.device)
+            subset = [rows[i] for i in sampled]
+            tokens[index] = _draw(_warp(scores.index_select(0, index), subset), subset)
+    token_list = tokens.tolist()
+    logprobs: list[tuple[float, list[tuple[int, float]]] | None] = [None] * n
+    if raw is not None:
+        chosen_ids = torch.tensor([token_list[i] for i in logprob_rows], device=raw.device)
+        chosen = raw.gather(1, chosen_ids[:, None])[:, 0].tolist()
+        kmax = max(rows[i].logprobs or 0 for i in logprob_rows)
+        top_values: list[list[float]] = [[] for _ in logprob_rows]
+        top_ids: list[list[int]] = [[] for _ in logprob_rows]
+        if kmax > 0:
+            values, indices = torch.topk(raw, kmax, dim=-1)
+            top_values, top_ids = values.tolist(), indices.tolist()
+        for j, i in enumerate(logprob_rows):
+            k = rows[i].logprobs or 0
+            top = [(t, max(v, LOGPROB_FLOOR)) for t, v in zip(top_ids[j][:k], top_values[j][:k], strict=True)]
+            logprobs[i] = (max(chosen[j], LOGPROB_FLOOR), top)
+    return SampleResult(tokens=tokens, token_list=token_list, logprobs=logprobs, errors=errors)

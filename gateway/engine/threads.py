@@ -1,0 +1,83 @@
+"""Pick torch's intra-op thread count per phase (prefill, decode) by measured speed.
+
+On a small CPU box the HTTP event loop and the torch worker threads share a few cores. When a core is
+taken (by our own event loop streaming chunks, or by another process), an OpenMP parallel region
+waits for its descheduled thread at every op; a decode step of ~400 ops then takes 10-50x longer.
+One thread fewer leaves a core free, but costs speed on an idle machine. Which is faster depends on
+the moment, so the engine measures: each phase uses the candidate with the best recent (median) time
+per unit of work and now and then re-tries the other one (rarely when it was much slower).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections import deque
+
+import torch
+
+_WINDOW = 7  # recent measurements kept per candidate
+_WARMUP = 3  # measurements of every candidate before exploiting
+_EXPLORE_EVERY = 16  # base interval between re-tries of the other candidate
+_EXPLORE_MAX = 512
+
+
+def thread_candidates() -> list[int]:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    current = torch.get_num_threads()
+    top = max(1, min(cores, current))
+    return sorted({max(1, top - 1), top})
+
+
+class _Phase:
+    def __init__(self, candidates: list[int]) -> None:
+        self.candidates = candidates
+        self.recent: dict[int, deque[float]] = {n: deque(maxlen=_WINDOW) for n in candidates}
+        self.calls = 0
+        self.next_explore = _EXPLORE_EVERY
+
+    def cost(self, n: int) -> float | None:
+        """Median of the recent costs: a step slowed by another process once does not flip the choice."""
+        recent = self.recent[n]
+        return statistics.median(recent) if recent else None
+
+    def pick(self) -> int:
+        self.calls += 1
+        for n in self.candidates:
+            if len(self.recent[n]) < _WARMUP:
+                return n
+        best = min(self.candidates, key=lambda n: self.cost(n) or 0.0)
+        if self.calls >= self.next_explore:
+            others = [n for n in self.candidates if n != best]
+            other = min(others, key=lambda n: len(self.recent[n]))
+            slower = (self.cost(other) or 1.0) / max(self.cost(best) or 1.0, 1e-12)
+            self.next_explore = self.calls + int(min(_EXPLORE_MAX, _EXPLORE_EVERY * max(1.0, slower)))
+            return other
+        return best
+
+    def record(self, n: int, seconds: float, work: float) -> None:
+        self.recent[n].append(seconds / max(work, 1e-9))
+
+
+class ThreadTuner:
+    """`with tuner.phase("decode", work=rows):` sets the thread count and records how long it took."""
+
+    def __init__(self, candidates: list[int] | None = None) -> None:
+        self.candidates = candidates or thread_candidates()
+        self.phases: dict[str, _Phase] = {}
+        self._current = torch.get_num_threads()
+
+    def run(self, phase: str, work: float, fn, *args):  # type: ignore[no-untyped-def]
+        state = self.phases.setdefault(phase, _Phase(self.candidates))
+        n = state.pick() if len(self.candidates) > 1 else self.candidates[0]
+        if n != self._current:
+            torch.set_num_threads(n)
+            self._current = n
+        started = time.perf_counter()
+        result = fn(*args)
+        state.record(n, time.perf_counter() - started, work)
+        return result
+
+    def describe(self) -> dict[str, dict[int, float | None]]:
+        return {name: {n: state.cost(n) for n in state.candidates} for name, state in self.phases.items()}

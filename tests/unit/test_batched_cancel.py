@@ -1,0 +1,96 @@
+"""32 concurrent streams, half dropped mid-stream: they stop within a step, slots and threads come back."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from contextlib import aclosing
+
+import pytest
+
+from gateway.engine.batched import BatchedEngine
+from gateway.engine.types import GenerationRequest
+from gateway.errors import OverloadedError
+from tests.unit.batched_tiny import PROMPTS, collect, gpt2_tokenizer, params, prompt, tiny_model
+
+pytestmark = pytest.mark.anyio
+
+
+async def dropped_stream(engine: BatchedEngine, ids: list[int], after: int, cancel_steps: dict[str, int]) -> int:
+    """Read `after` token deltas, then leave (as a disconnected client does); returns tokens seen."""
+    request_id = uuid.uuid4().hex
+    request = GenerationRequest(request_id=request_id, prompt_ids=ids, params=params(5000))
+    seen = 0
+    async with aclosing(engine.generate(request)) as deltas:
+        async for delta in deltas:
+            seen += len(delta.token_ids)
+            if seen >= after:
+                cancel_steps[request_id] = engine.steps
+                break
+    return seen
+
+
+async def test_half_of_32_streams_dropped(anyio_backend: str) -> None:
+    baseline_threads = threading.active_count()
+    engine = BatchedEngine(tiny_model(), gpt2_tokenizer(), name="tiny", max_running=32, max_queued=8)
+    try:
+        idle = await collect(engine, prompt(PROMPTS[0]), params(4))
+        cancel_steps: dict[str, int] = {}
+        keep = [collect(engine, prompt(PROMPTS[i % 5]), params(120)) for i in range(16)]
+        drop = [dropped_stream(engine, prompt(PROMPTS[i % 5]), 3 + i, cancel_steps) for i in range(16)]
+        results = await asyncio.gather(*keep, *drop)
+        finished, seen = results[:16], results[16:]
+        assert all(r.finish_reason == "length" and len(r.token_ids) == 120 for r in finished)
+        assert all(3 <= n < 5000 for n in seen)
+        dropped = dict(engine.dropped)
+        assert set(cancel_steps) <= set(dropped)
+        for request_id, step in cancel_steps.items():
+            assert dropped[request_id] - step <= 1, "a dropped row kept generating for more than one step"
+        # slots, queue places and buffers are free again; the next request starts as fast as before
+        assert engine.stats() == {"running": 0, "waiting": 0, "in_flight": 0}
+        assert engine.admission.reserved == 0 and not engine._seqs
+        after = await collect(engine, prompt(PROMPTS[0]), params(4))
+        assert after.token_ids == idle.token_ids
+        assert after.ttft is not None and idle.ttft is not None and after.ttft < 3 * idle.ttft + 0.05
+        held = engine.cache.nbytes()
+        await asyncio.gather(*[collect(engine, prompt(PROMPTS[i % 5]), params(120)) for i in range(32)])
+        assert engine.cache.nbytes() <= max(held, 1) * 4  # bounded: buffers are reused, not leaked
+    finally:
+        await engine.close()
+    assert threading.active_count() == baseline_threads
+
+
+async def test_admission_limits_and_429_before_the_first_delta(anyio_backend: str) -> None:
+    engine = BatchedEngine(tiny_model(), gpt2_tokenizer(), name="tiny", max_running=2, max_queued=1)
+    try:
+        engine.reserve(2)
+        with pytest.raises(OverloadedError) as info:
+            engine.reserve(2)
+        assert info.value.status_code == 429 and info.value.code == "overloaded"
+        assert info.value.headers()["Retry-After"] == "1"
+        engine.reserve(1)  # exactly full now: 3 places
+        long = [asyncio.create_task(collect(engine, prompt(PROMPTS[0]), params(400))) for _ in range(3)]
+        while engine.stats()["in_flight"] < 3:
+            await asyncio.sleep(0.01)
+        gen = engine.generate(GenerationRequest(request_id="x", prompt_ids=prompt("hi"), params=params(2)))
+        with pytest.raises(OverloadedError):
+            await gen.__anext__()  # refused before any delta
+        results = await asyncio.gather(*long)
+        assert all(r.finish_reason == "length" for r in results)
+        assert (await collect(engine, prompt("hi"), params(2))).finish_reason == "length"
+    finally:
+        await engine.close()
+
+
+async def test_unused_reservations_expire(anyio_backend: str) -> None:
+    engine = BatchedEngine(tiny_model(), gpt2_tokenizer(), name="tiny", max_running=1, max_queued=0)
+    engine.admission.ttl = 0.05
+    try:
+        engine.reserve(1)
+        with pytest.raises(OverloadedError):
+            engine.reserve(1)
+        await asyncio.sleep(0.1)
+        engine.reserve(1)
+    finally:
+        await engine.close()

@@ -1,0 +1,71 @@
+"""CPU speed options (pre-packed Linear layers, int8) and the engine choice per model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gateway.engine.batch_support import batched_support
+from gateway.engine.factory import build_engine
+from gateway.engine.speed import INT8_SKIP, PackedLinear, can_prepack, output_vocab_size, prepack_linears, quantize_int8
+from gateway.settings import ModelSpec
+from tests.unit.batched_tiny import gpt2_tokenizer, tiny_model
+
+pytestmark = pytest.mark.anyio
+
+
+def fresh_tiny(**overrides):
+    from transformers import AutoModelForCausalLM
+
+    base = tiny_model()
+    config = base.config.__class__(**{**base.config.to_dict(), **overrides})
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=torch.float32).eval()
+    model.load_state_dict(base.state_dict(), strict=False)
+    return model
+
+
+def test_prepacked_linears_keep_the_math_and_are_batch_invariant(anyio_backend: str) -> None:
+    model = fresh_tiny(tie_word_embeddings=True)
+    ids = torch.randint(0, 1000, (4, 9), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        before = model(ids).logits
+        assert can_prepack(model)
+        packed = prepack_linears(model)
+        after = model(ids).logits
+        hidden = model.model(ids).last_hidden_state
+        alone = torch.cat([model.model(ids[i : i + 1]).last_hidden_state for i in range(4)])
+    assert packed == 2 * 7  # every Linear of the two layers; the tied fp32 lm_head stays
+    assert type(model.get_output_embeddings()) is torch.nn.Linear
+    assert torch.allclose(before, after, atol=1e-4, rtol=1e-4)
+    assert torch.equal(hidden, alone)  # through packed layers a row does not depend on its neighbours
+    assert isinstance(model.model.layers[0].mlp.down_proj, PackedLinear)
+    assert output_vocab_size(model) == len(gpt2_tokenizer())
+    assert batched_support(model) is None
+
+
+def test_int8_quantizes_all_but_the_mlp_output_projection(anyio_backend: str) -> None:
+    model = fresh_tiny()
+    quantized = quantize_int8(model)
+    prepack_linears(model)
+    assert quantized == 2 * 6 + 1  # q, k, v, o, gate, up per layer + lm_head
+    assert INT8_SKIP[0] == "down_proj" and isinstance(model.model.layers[1].mlp.down_proj, PackedLinear)
+    assert type(model.lm_head).__module__.startswith("torch.ao.nn.quantized")
+    assert output_vocab_size(model) == len(gpt2_tokenizer())
+    assert batched_support(model) is None  # int8 moves logits a little; the layout check still passes
+
+
+async def test_engine_choice_per_model(anyio_backend: str) -> None:
+    tok = gpt2_tokenizer()
+    spec = ModelSpec(name="tiny", source="x", max_running=3, max_queued=5)
+    engine, kind = build_engine(spec, tiny_model(), tok, pad_token_id=50256)
+    assert kind == "batched" and engine.admission.capacity == 8
+    await engine.close()
+    sliding = fresh_tiny(layer_types=["sliding_attention", "full_attention"], sliding_window=16)
+    engine, kind = build_engine(spec, sliding, tok, pad_token_id=50256)
+    assert kind == "simple" and engine.admission.capacity == 1 + 5  # one at a time, the rest queued
+    await engine.close()
+    with pytest.raises(ValueError, match="engine=batched"):
+        build_engine(spec.model_copy(update={"engine": "batched"}), sliding, tok, pad_token_id=50256)
+    engine, kind = build_engine(spec.model_copy(update={"engine": "simple"}), tiny_model(), tok, pad_token_id=50256)
+    assert kind == "simple"
+    await engine.close()
