@@ -102,6 +102,34 @@ class SeededSampler(LogitsProcessor):
         return masked
 
 
+def row_processors(
+    params: SamplingParams, *, prompt_len: int, vocab_size: int, device: torch.device
+) -> list[LogitsProcessor]:
+    """Penalties, logit_bias, then the request's own processors (grammars): the part of the chain every
+    engine applies to a sequence's scores before temperature/top-k/top-p and sampling."""
+    chain: list[LogitsProcessor] = []
+    if params.repetition_penalty != 1.0:
+        chain.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
+    if params.presence_penalty or params.frequency_penalty:
+        chain.append(OpenAIPenalties(prompt_len, params.presence_penalty, params.frequency_penalty))
+    if params.logit_bias:
+        chain.append(LogitBias(params.logit_bias, vocab_size, device))
+    chain.extend(factory() for factory in params.logits_processors)
+    return chain
+
+
+def request_generator(params: SamplingParams, device: torch.device) -> torch.Generator | None:
+    """The request's own RNG (seeded from params.seed, or randomly); None for greedy decoding."""
+    if params.greedy:
+        return None
+    generator = torch.Generator(device=device)
+    if params.seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(params.seed)
+    return generator
+
+
 def build_processors(
     params: SamplingParams,
     *,
@@ -113,14 +141,7 @@ def build_processors(
     """The per-request chain: raw capture → penalties → bias → warpers → seeded sampler."""
     capture = RawLogprobCapture()
     chain: list[LogitsProcessor] = [capture]
-    if params.repetition_penalty != 1.0:
-        chain.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
-    if params.presence_penalty or params.frequency_penalty:
-        chain.append(OpenAIPenalties(prompt_len, params.presence_penalty, params.frequency_penalty))
-    if params.logit_bias:
-        chain.append(LogitBias(params.logit_bias, vocab_size, device))
-    chain.extend(factory() for factory in params.logits_processors)
-    generator = None
+    chain += row_processors(params, prompt_len=prompt_len, vocab_size=vocab_size, device=device)
     if not params.greedy:
         if params.temperature != 1.0:
             chain.append(TemperatureLogitsWarper(params.temperature))
@@ -130,15 +151,10 @@ def build_processors(
             chain.append(TopPLogitsWarper(params.top_p))
         if params.min_p > 0.0:
             chain.append(MinPLogitsWarper(params.min_p))
-        generator = torch.Generator(device=device)
-        if params.seed is None:
-            generator.seed()
-        else:
-            generator.manual_seed(params.seed)
     chain.append(
         SeededSampler(
             greedy=params.greedy,
-            generator=generator,
+            generator=request_generator(params, device),
             capture=capture,
             top_logprobs=params.logprobs,
             on_step=on_step,

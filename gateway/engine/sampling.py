@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
 
-from gateway.engine.logits import LOGPROB_FLOOR, LogitBias, OpenAIPenalties
+from gateway.engine.logits import LOGPROB_FLOOR, request_generator, row_processors
 from gateway.engine.types import SamplingParams
 
 NEG_INF = float("-inf")
@@ -40,21 +39,8 @@ class RowSampling:
 
     @classmethod
     def build(cls, params: SamplingParams, *, prompt_len: int, vocab_size: int, device: torch.device) -> RowSampling:
-        processors: list[Any] = []
-        if params.repetition_penalty != 1.0:
-            processors.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
-        if params.presence_penalty or params.frequency_penalty:
-            processors.append(OpenAIPenalties(prompt_len, params.presence_penalty, params.frequency_penalty))
-        if params.logit_bias:
-            processors.append(LogitBias(params.logit_bias, vocab_size, device))
-        processors.extend(factory() for factory in params.logits_processors)
-        generator = None
-        if not params.greedy:
-            generator = torch.Generator(device=device)
-            if params.seed is None:
-                generator.seed()
-            else:
-                generator.manual_seed(params.seed)
+        processors: list[Any] = row_processors(params, prompt_len=prompt_len, vocab_size=vocab_size, device=device)
+        generator = request_generator(params, device)
         return cls(
             greedy=params.greedy,
             temperature=params.temperature,
