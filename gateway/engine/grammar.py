@@ -19,7 +19,8 @@ import xgrammar as xgr
 from transformers import LogitsProcessor
 from xgrammar.contrib.hf import LogitsProcessor as XGrammarLogitsProcessor
 
-CLOSING_CHARS = frozenset(b'"}] ')
+CLOSING_CHARS = frozenset(b'"}], ')
+NUMBER_CHARS = frozenset(b"0123456789.-+eE")
 CLOSING_BIAS = 50.0
 # Closing is preferred over the last half of the budget (at least 32 tokens), so even an output caught
 # in the middle of a nested item can finish it; one string may take an eighth of the budget (at least
@@ -79,10 +80,13 @@ _NAME_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions
 
 
 class ClosingPressure(LogitsProcessor):
-    """Prefer closing tokens among those the grammar allows (masked tokens stay -inf): inside a string,
-    tokens that start with `"`; outside, tokens that start with `}` or `]`. Applies from step `start_at`
-    on, and inside any string that has already run `string_cap` tokens. So an output that would run out
-    of budget closes instead of being cut off."""
+    """Prefer tokens that finish the JSON among those the grammar allows (masked tokens stay -inf).
+
+    Inside a string: tokens that start with `"`. Outside: tokens that start with `}` or `]` most, then
+    ones that start with `,` (which also ends a number when the object still needs keys). Applies from
+    step `start_at` on, inside a string that has run `string_cap` tokens, and inside a number that has
+    run `string_cap` tokens. So an output that would run out of budget closes instead of being cut off.
+    """
 
     def __init__(self, start_at: int, string_cap: int, vocab: ClosingVocab) -> None:
         self.start_at = start_at
@@ -92,10 +96,14 @@ class ClosingPressure(LogitsProcessor):
         self.in_string = False
         self.escaped = False
         self.string_tokens = 0
+        self.number_tokens = 0
 
     def _advance(self, token_id: int) -> None:
+        token = self.vocab.decoded[token_id] if token_id < len(self.vocab.decoded) else b""
         self.string_tokens = self.string_tokens + 1 if self.in_string else 0
-        for byte in self.vocab.decoded[token_id] if token_id < len(self.vocab.decoded) else b"":
+        numeric = not self.in_string and bool(token.strip()) and set(token.strip()) <= NUMBER_CHARS
+        self.number_tokens = self.number_tokens + 1 if numeric else 0
+        for byte in token:
             if self.in_string:
                 if self.escaped:
                     self.escaped = False
@@ -109,22 +117,36 @@ class ClosingPressure(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if self.step > 0:
             self._advance(int(input_ids[0, -1]))
-        long_string = self.in_string and self.string_tokens >= self.string_cap
-        if self.step >= self.start_at or long_string:
-            ids = self.vocab.close_string if self.in_string else self.vocab.close_container
-            scores[:, ids.to(scores.device)] += CLOSING_BIAS
         self.step += 1
+        closing = self.step > self.start_at
+        if self.in_string:
+            if closing or self.string_tokens >= self.string_cap:
+                scores[:, self.vocab.close_string.to(scores.device)] += CLOSING_BIAS
+        elif closing or self.number_tokens >= self.string_cap:
+            scores[:, self.vocab.close_container.to(scores.device)] += CLOSING_BIAS
+            scores[:, self.vocab.separator.to(scores.device)] += CLOSING_BIAS / 2
         return scores
 
 
 class ClosingVocab:
-    """Token ids that close a string or a container, from the tokenizer's decoded vocabulary."""
+    """Token ids that close a string or a container, or separate items, from the decoded vocabulary.
+
+    A string closer is a quote followed by nothing but container closers (`"`, `"]`, `"}}`): `",` and
+    `", "` are left out, as in an array they start the next item and a string array would never end.
+    """
 
     def __init__(self, decoded: list[bytes]) -> None:
         self.decoded = decoded
         closing = [(i, t.lstrip()) for i, t in enumerate(decoded) if t.strip() and set(t) <= CLOSING_CHARS]
-        self.close_string = torch.tensor([i for i, t in closing if t.startswith(b'"')], dtype=torch.long)
-        self.close_container = torch.tensor([i for i, t in closing if t[:1] in (b"}", b"]")], dtype=torch.long)
+        self.close_string = self._ids(closing, b'"', b"}] ")
+        self.close_container = self._ids(closing, b"}]", b"}], ")
+        self.separator = self._ids(closing, b",", b'}], "')
+
+    @staticmethod
+    def _ids(tokens: list[tuple[int, bytes]], first: bytes, rest: bytes) -> torch.Tensor:
+        """Ids of tokens whose first byte is in `first` and whose other bytes are all in `rest`."""
+        ids = [i for i, t in tokens if t[0] in first and set(t[1:]) <= set(rest)]
+        return torch.tensor(ids, dtype=torch.long)
 
 
 class GrammarCache:
