@@ -24,4 +24,9 @@ class ServedModel:
     grammar: Any = field(default=None, repr=False)  # GrammarCache, created on the first constrained request
 
     def describe(self) -> dict[str, Any]:
-        return {**self.pipeline.describe(), "context_length": self.context_length, **self.details}
+        return {
+            **self.pipeline.describe(),
+            "context_length": self.context_length,
+            "sampling_defaults": self.sampling_defaults,
+            **self.details,
+        }

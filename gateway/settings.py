@@ -6,6 +6,7 @@ without one, the single model described by the `model*` fields is served.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,10 +16,33 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 EMBEDDED_MODEL = "embedded"
 EMBEDDED_MODEL_NAME = "smollm2-135m-instruct"
+# The SmolLM2 model card samples with these and its GGUF carries no generation_config; at OpenAI's
+# temperature 1 the 135M model derails into endless noise on about one short prompt in five.
+EMBEDDED_SAMPLING = {"temperature": 0.2, "top_p": 0.9}
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 EngineKind = Literal["auto", "batched", "simple"]
 Quantization = Literal["none", "int8"]
+
+
+class SamplingDefaults(BaseModel):
+    """Sampling values a model uses where a request leaves them unset (like Ollama's PARAMETER lines)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float | None = Field(default=None, ge=0, le=2, description="Default temperature.")
+    top_p: float | None = Field(default=None, gt=0, le=1, description="Default nucleus mass.")
+    top_k: int | None = Field(default=None, ge=0, description="Default top-k (0 = off).")
+    min_p: float | None = Field(default=None, ge=0, le=1, description="Default min-p.")
+    repetition_penalty: float | None = Field(default=None, gt=0, description="Default repetition penalty.")
+
+    def values(self) -> dict[str, float]:
+        return self.model_dump(exclude_none=True)
+
+
+def _json_object(value: Any) -> Any:
+    """Flags and env give nested settings as JSON text."""
+    return json.loads(value) if isinstance(value, str) else value
 
 
 class ModelSpec(BaseModel):
@@ -71,6 +95,11 @@ class ModelSpec(BaseModel):
         default=True,
         description="On CPU, pre-pack Linear weights for oneDNN (same dtype and math; ~1.5-2x faster decode).",
     )
+    sampling: SamplingDefaults = Field(
+        default_factory=SamplingDefaults,
+        description="Defaults for temperature/top_p/top_k/min_p/repetition_penalty where a request sets none; "
+        "over the model's generation_config (the embedded model: its model card's temperature 0.2, top_p 0.9).",
+    )
 
     def ids(self) -> list[str]:
         return [self.name, *self.aliases]
@@ -122,6 +151,11 @@ class Settings(BaseSettings):
     prepack: bool = Field(
         default=True, description="Pre-pack Linear weights for oneDNN on CPU (same math, faster decode)."
     )
+    sampling: SamplingDefaults = Field(
+        default_factory=SamplingDefaults,
+        description='Sampling defaults as JSON, e.g. {"temperature": 0.7, "top_p": 0.95}; requests override them, '
+        "they override the model's generation_config.",
+    )
     models_file: Path | None = Field(
         default=None, description="YAML file with a `models:` list (name, source, aliases, family, ...)."
     )
@@ -139,6 +173,8 @@ class Settings(BaseSettings):
         default=15.0, gt=0, description="Comment ping interval on idle streams (keeps proxies open)."
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
+
+    _sampling_json = field_validator("sampling", mode="before")(_json_object)
 
     @field_validator("cache_dir", "models_file", "chat_template", mode="after")
     @classmethod
@@ -173,6 +209,7 @@ class Settings(BaseSettings):
             quantization=self.quantization,
             compile=self.compile,
             prepack=self.prepack,
+            sampling=self.sampling,
         )
 
 

@@ -13,16 +13,19 @@ from gateway.engine.hf import HFEngine
 from gateway.engine.loader import load_model, load_tokenizer, materialize, read_config
 from gateway.engine.speed import release_free_memory
 from gateway.models import ServedModel
-from gateway.settings import EMBEDDED_MODEL, ModelSpec
+from gateway.settings import EMBEDDED_MODEL, EMBEDDED_SAMPLING, ModelSpec
 
 logger = logging.getLogger(__name__)
 
 _SAMPLING_DEFAULT_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
 
 
-def sampling_defaults(generation_config: dict[str, Any]) -> dict[str, float]:
-    """The model authors' recommended sampling values, used where a request leaves a field unset."""
-    return {k: generation_config[k] for k in _SAMPLING_DEFAULT_KEYS if generation_config.get(k) is not None}
+def sampling_defaults(spec: ModelSpec, generation_config: dict[str, Any]) -> dict[str, float]:
+    """Values used where a request leaves a sampling field unset: the spec's, over the model card's for
+    the embedded model, over the model authors' generation_config."""
+    authors = {k: generation_config[k] for k in _SAMPLING_DEFAULT_KEYS if generation_config.get(k) is not None}
+    card = EMBEDDED_SAMPLING if spec.source == EMBEDDED_MODEL else {}
+    return {**authors, **card, **spec.sampling.values()}
 
 
 def build_engine(spec: ModelSpec, model: Any, tokenizer: Any, *, pad_token_id: int | None) -> tuple[Any, str]:
@@ -81,7 +84,7 @@ def build_served_model(spec: ModelSpec, *, cache_dir: Any, adapters: AdapterRegi
         engine=engine,
         context_length=loaded.context_length,
         vocab_size=engine.vocab_size,
-        sampling_defaults=sampling_defaults(loaded.generation_config),
+        sampling_defaults=sampling_defaults(spec, loaded.generation_config),
         details={
             "device": str(loaded.device),
             "dtype": str(loaded.dtype).removeprefix("torch."),
@@ -92,11 +95,12 @@ def build_served_model(spec: ModelSpec, *, cache_dir: Any, adapters: AdapterRegi
     gc.collect()
     release_free_memory()  # loading and the self-check leave freed heap behind
     logger.info(
-        "model %s ready in %.1f s: %s, context %d, %s engine",
+        "model %s ready in %.1f s: %s, context %d, %s engine, sampling defaults %s",
         spec.name,
         time.monotonic() - started,
         pipeline.describe(),
         loaded.context_length,
         kind,
+        served.sampling_defaults or "OpenAI's",
     )
     return served

@@ -176,3 +176,28 @@ def test_single_model_spec_from_settings():
     assert spec.ids() == ["Qwen/Qwen2.5-0.5B-Instruct", "qwen"]
     assert Settings().single_model_spec().name == "smollm2-135m-instruct"
     assert Settings(model="/x/y/model.Q4.gguf").single_model_spec().name == "model.Q4"
+
+
+def test_sampling_defaults_from_flag_env_and_models_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    args = build_parser().parse_args(["serve", "--sampling", '{"temperature": 0.7, "top_k": 40}'])
+    assert settings_from_args(args).single_model_spec().sampling.values() == {"temperature": 0.7, "top_k": 40}
+    monkeypatch.setenv("GANTRY_SAMPLING", '{"top_p": 0.5}')
+    assert Settings().single_model_spec().sampling.values() == {"top_p": 0.5}
+    path = tmp_path / "models.yaml"
+    path.write_text("models:\n  - {name: a, source: embedded, sampling: {min_p: 0.1}}\n", encoding="utf-8")
+    assert load_models_file(path)[0].sampling.values() == {"min_p": 0.1}
+    for bad in ('{"temperature": 5}', '{"seed": 1}', "not json"):
+        with pytest.raises(ValueError):
+            Settings(sampling=bad)
+
+
+def test_sampling_defaults_precedence():
+    from gateway.engine.factory import sampling_defaults
+
+    authors = {"temperature": 0.6, "top_p": 0.95, "do_sample": True}
+    assert sampling_defaults(ModelSpec(name="m", source="/m"), authors) == {"temperature": 0.6, "top_p": 0.95}
+    spec = ModelSpec(name="m", source="/m", sampling={"temperature": 0.1})
+    assert sampling_defaults(spec, authors) == {"temperature": 0.1, "top_p": 0.95}
+    embedded = ModelSpec(name="m", source="embedded")
+    assert sampling_defaults(embedded, {}) == {"temperature": 0.2, "top_p": 0.9}  # SmolLM2's model card
+    assert sampling_defaults(embedded.model_copy(update={"sampling": spec.sampling}), {})["temperature"] == 0.1
