@@ -225,6 +225,7 @@ class BatchedEngine:
                 self._waiting.clear()
             out.flush()
             self.cache.reset()
+            self.tuner.restore()
 
     def _coalesce(self) -> None:
         """Idle engine, first request in: wait a moment for the rest of a burst (under the lock).

@@ -66,7 +66,7 @@ class ThreadTuner:
     def __init__(self, candidates: list[int] | None = None) -> None:
         self.candidates = candidates or thread_candidates()
         self.phases: dict[str, _Phase] = {}
-        self._current = torch.get_num_threads()
+        self._initial = self._current = torch.get_num_threads()
 
     def run(self, phase: str, work: float, fn, *args):  # type: ignore[no-untyped-def]
         state = self.phases.setdefault(phase, _Phase(self.candidates))
@@ -78,6 +78,12 @@ class ThreadTuner:
         result = fn(*args)
         state.record(n, time.perf_counter() - started, work)
         return result
+
+    def restore(self) -> None:
+        """Put torch's thread count back as it was (the engine is closing)."""
+        if self._current != self._initial:
+            torch.set_num_threads(self._initial)
+            self._current = self._initial
 
     def describe(self) -> dict[str, dict[int, float | None]]:
         return {name: {n: state.cost(n) for n in state.candidates} for name, state in self.phases.items()}

@@ -47,10 +47,10 @@ def test_eight_concurrent_streams_on_the_default_server(server: RunningServer) -
     Its dtype is auto (bf16 on CPUs with bf16 instructions), where a row's numbers may move with the
     batch; bit-identical greedy text in and out of a batch is checked at fp32 below.
     """
-    client = openai.AsyncOpenAI(base_url=server.base_url, api_key="x", max_retries=0, timeout=120)
 
-    async def run() -> list:
-        return await asyncio.gather(*[stream_text(client, q, temperature=0, max_tokens=24) for q in QUESTIONS])
+    async def run() -> list:  # the client is closed inside its loop: no callbacks on a closed loop later
+        async with openai.AsyncOpenAI(base_url=server.base_url, api_key="x", max_retries=0, timeout=120) as client:
+            return await asyncio.gather(*[stream_text(client, q, temperature=0, max_tokens=24) for q in QUESTIONS])
 
     together = asyncio.run(run())
     assert all(text and finish in ("stop", "length") and 0 < tokens <= 24 for text, finish, tokens in together)
@@ -68,16 +68,17 @@ def small_fp32_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runn
 
 
 def test_greedy_stream_keeps_its_solo_text_among_hot_streams(small_fp32_server: RunningServer) -> None:
-    client = openai.AsyncOpenAI(base_url=small_fp32_server.base_url, api_key="x", max_retries=0, timeout=120)
+    base = small_fp32_server.base_url
 
     async def run() -> tuple[tuple, list]:
-        solo = await stream_text(client, QUESTIONS[0], temperature=0, max_tokens=40)
-        hot = [
-            stream_text(client, q, temperature=1.8, top_p=1.0, max_tokens=40, seed=i)
-            for i, q in enumerate(QUESTIONS[1:])
-        ]
-        together = await asyncio.gather(stream_text(client, QUESTIONS[0], temperature=0, max_tokens=40), *hot)
-        return solo, together
+        async with openai.AsyncOpenAI(base_url=base, api_key="x", max_retries=0, timeout=120) as client:
+            solo = await stream_text(client, QUESTIONS[0], temperature=0, max_tokens=40)
+            hot = [
+                stream_text(client, q, temperature=1.8, top_p=1.0, max_tokens=40, seed=i)
+                for i, q in enumerate(QUESTIONS[1:])
+            ]
+            together = await asyncio.gather(stream_text(client, QUESTIONS[0], temperature=0, max_tokens=40), *hot)
+            return solo, together
 
     solo, together = asyncio.run(run())
     assert together[0] == solo
@@ -103,9 +104,9 @@ def test_beyond_running_plus_queued_is_429_and_dropped_streams_free_slots(small_
             assert refused.status_code == 429
             assert refused.headers["retry-after"] == "1"
             assert refused.json()["error"]["code"] == "overloaded"
-            sdk = openai.AsyncOpenAI(base_url=base, api_key="x", max_retries=0)
-            with pytest.raises(openai.RateLimitError):
-                await sdk.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}])
+            async with openai.AsyncOpenAI(base_url=base, api_key="x", max_retries=0) as sdk:
+                with pytest.raises(openai.RateLimitError):
+                    await sdk.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}])
             for stream in streams[:4]:  # four clients go away mid-stream
                 await stream.__aexit__(None, None, None)
             for _ in range(100):  # their slots come back within a step or two

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
 from gateway.engine.batch_support import batched_support
 from gateway.engine.factory import build_engine
 from gateway.engine.speed import INT8_SKIP, PackedLinear, can_prepack, output_vocab_size, prepack_linears, quantize_int8
+from gateway.engine.threads import ThreadTuner
 from gateway.settings import ModelSpec
 from tests.unit.batched_tiny import gpt2_tokenizer, tiny_model
 
@@ -69,3 +72,23 @@ async def test_engine_choice_per_model(anyio_backend: str) -> None:
     engine, kind = build_engine(spec.model_copy(update={"engine": "simple"}), tiny_model(), tok, pad_token_id=50256)
     assert kind == "simple"
     await engine.close()
+
+
+def test_thread_tuner_prefers_the_faster_count_and_still_explores(anyio_backend: str) -> None:
+    tuner = ThreadTuner(candidates=[1, 2])
+    cost = {1: 0.002, 2: 0.001}
+    used = []
+
+    def step() -> None:
+        n = torch.get_num_threads()
+        used.append(n)
+        time.sleep(cost[n])
+
+    initial = torch.get_num_threads()
+    for _ in range(200):
+        tuner.run("decode", 1, step)
+    tuner.restore()
+    assert torch.get_num_threads() == initial
+    late = used[50:]
+    assert late.count(2) > 0.85 * len(late)  # exploits the faster setting ...
+    assert late.count(1) >= 1  # ... and re-tries the other now and then
