@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -11,6 +13,8 @@ from dataclasses import dataclass
 from gateway.engine.base import Engine
 from gateway.engine.types import GenerationRequest, SamplingParams, TokenLogprob
 from gateway.services.stops import StopStringMatcher
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -30,20 +34,32 @@ async def run_sequence(
     """One choice: engine deltas with stop strings trimmed; leaving early aborts the engine request."""
     matcher = StopStringMatcher(stops)
     request = GenerationRequest(request_id=uuid.uuid4().hex, prompt_ids=prompt_ids, params=params)
-    tokens = 0
-    async with aclosing(engine.generate(request)) as deltas:
-        async for delta in deltas:
-            tokens += len(delta.token_ids)
-            text, hit = matcher.feed(delta.text)
-            if hit:
-                yield Piece(text, delta.logprobs, finish_reason="stop", completion_tokens=tokens)
-                return
-            if delta.finish_reason is not None:
-                finish = "length" if delta.finish_reason == "length" else "stop"
-                yield Piece(text + matcher.flush(), delta.logprobs, finish_reason=finish, completion_tokens=tokens)
-                return
-            if text or delta.logprobs or delta.prompt_logprobs:
-                yield Piece(text, delta.logprobs, delta.prompt_logprobs, completion_tokens=tokens)
+    tokens, finish, started = 0, "abort", time.monotonic()  # "abort" unless the engine says how it ended
+    try:
+        async with aclosing(engine.generate(request)) as deltas:
+            async for delta in deltas:
+                tokens += len(delta.token_ids)
+                text, hit = matcher.feed(delta.text)
+                if hit:
+                    finish = "stop"
+                    yield Piece(text, delta.logprobs, finish_reason=finish, completion_tokens=tokens)
+                    return
+                if delta.finish_reason is not None:
+                    finish = delta.finish_reason
+                    reason = "length" if finish == "length" else "stop"
+                    yield Piece(text + matcher.flush(), delta.logprobs, finish_reason=reason, completion_tokens=tokens)
+                    return
+                if text or delta.logprobs or delta.prompt_logprobs:
+                    yield Piece(text, delta.logprobs, delta.prompt_logprobs, completion_tokens=tokens)
+    finally:
+        logger.info(
+            "sequence %s: %s after %d tokens (prompt %d) in %.2f s",
+            request.request_id,
+            finish,
+            tokens,
+            len(prompt_ids),
+            time.monotonic() - started,
+        )
 
 
 _DONE = object()
