@@ -11,13 +11,14 @@ import json
 import re
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jsonschema
 import torch
-import xgrammar as xgr
 from transformers import LogitsProcessor
-from xgrammar.contrib.hf import LogitsProcessor as XGrammarLogitsProcessor
+
+if TYPE_CHECKING:  # xgrammar itself loads with the first constrained request (~13 MB of RSS otherwise)
+    import xgrammar as xgr
 
 CLOSING_CHARS = frozenset(b'"}], ')
 NUMBER_CHARS = frozenset(b"0123456789.-+eE")
@@ -163,6 +164,8 @@ class GrammarCache:
     def _get_compiler(self) -> xgr.GrammarCompiler:
         with self._lock:
             if self._compiler is None:
+                import xgrammar as xgr
+
                 info = xgr.TokenizerInfo.from_huggingface(
                     self._tokenizer, vocab_size=self._vocab_size, stop_token_ids=self._stop_ids or None
                 )
@@ -181,6 +184,8 @@ class GrammarCache:
 
     def processors(self, compiled: xgr.CompiledGrammar, close_by: int) -> tuple[Callable[[], Any], ...]:
         """Factories: the grammar mask, then closing pressure ending at token `close_by`."""
+        from xgrammar.contrib.hf import LogitsProcessor as XGrammarLogitsProcessor
+
         closing = self._closing
         start_at = max(0, close_by - max(CLOSING_MARGIN_MIN, int(close_by * CLOSING_MARGIN_SHARE)))
         string_cap = max(STRING_SHARE_MIN, int(close_by * STRING_SHARE))

@@ -92,3 +92,21 @@ def test_thread_tuner_prefers_the_faster_count_and_still_explores(anyio_backend:
     late = used[50:]
     assert late.count(2) > 0.85 * len(late)  # exploits the faster setting ...
     assert late.count(1) >= 1  # ... and re-tries the other now and then
+
+
+def test_triton_is_hidden_on_a_cpu_only_machine() -> None:
+    """xgrammar installs triton; on CPU it would only cost RSS once torch._dynamo imports it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch\n"
+        "from gateway.engine.loader import hide_triton_without_gpu\n"
+        "hide_triton_without_gpu()\n"
+        "import torch._dynamo\n"
+        "from torch.utils._triton import has_triton_package\n"
+        "print(has_triton_package(), torch.cuda.is_available())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    hidden, gpu = out.stdout.split()
+    assert hidden == str(gpu == "True")
