@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Protocol, runtime_checkable
 
 from gateway.engine.types import GenerationDelta, GenerationRequest
+from gateway.errors import EngineError
 
 
 @runtime_checkable
@@ -23,3 +25,15 @@ class Engine(Protocol):
     async def close(self) -> None:
         """Stop accepting work and release threads."""
         ...
+
+
+async def queued_deltas(queue: asyncio.Queue) -> AsyncIterator[GenerationDelta]:
+    """What an engine's worker thread puts on a sequence's queue, up to the finishing delta; an
+    exception put there is raised as EngineError."""
+    while True:
+        item = await queue.get()
+        if isinstance(item, BaseException):
+            raise EngineError(f"Generation failed: {item}") from item
+        yield item
+        if item.finish_reason is not None:
+            return

@@ -23,12 +23,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from gateway.engine.admission import Admission
+from gateway.engine.base import queued_deltas
 from gateway.engine.detok import IncrementalDetokenizer
 from gateway.engine.kvcache import BatchKVCache
 from gateway.engine.logits import prompt_logprobs
@@ -152,13 +154,9 @@ class BatchedEngine:
             self._waiting.append(seq)
             self._cond.notify()
         try:
-            while True:
-                item = await seq.queue.get()
-                if isinstance(item, BaseException):
-                    raise EngineError(f"Generation failed: {item}") from item
-                yield item
-                if item.finish_reason is not None:
-                    return
+            async with aclosing(queued_deltas(seq.queue)) as deltas:
+                async for delta in deltas:
+                    yield delta
         finally:
             seq.cancelled = True  # a no-op once finished; otherwise the next step drops the row
             self._seqs.pop(request.request_id, None)

@@ -13,12 +13,14 @@ import threading
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
+from gateway.engine.base import queued_deltas
 from gateway.engine.logits import build_processors, prompt_logprobs
 from gateway.engine.speed import output_vocab_size
 from gateway.engine.types import GenerationDelta, GenerationRequest, TokenLogprob
@@ -107,13 +109,9 @@ class HFEngine:
         self._jobs[request.request_id] = job
         self._executor.submit(self._run, job)
         try:
-            while True:
-                item = await job.queue.get()
-                if isinstance(item, BaseException):
-                    raise EngineError(f"Generation failed: {item}") from item
-                yield item
-                if item.finish_reason is not None:
-                    return
+            async with aclosing(queued_deltas(job.queue)) as deltas:
+                async for delta in deltas:
+                    yield delta
         finally:
             job.cancel.set()  # no-op when finished; stops the decode loop when the caller left early
             self._jobs.pop(request.request_id, None)
