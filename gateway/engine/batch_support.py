@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from gateway.engine.kvcache import BatchKVCache
+from gateway.engine.kvcache import BatchKVCache, attention_mask_dtype, forward_last_logits
 
 logger = logging.getLogger(__name__)
 
@@ -42,19 +42,8 @@ def _plain_last_logits(model: Any, ids: list[int]) -> torch.Tensor:
 
 
 def _forward(model: Any, cache: BatchKVCache, ids, positions, mask) -> torch.Tensor:
-    if getattr(model.config, "_attn_implementation", "sdpa") != "sdpa":
-        dtype = next(model.parameters()).dtype
-        dtype = dtype if dtype.is_floating_point else torch.float32
-        mask = torch.zeros(mask.shape, dtype=dtype).masked_fill_(~mask, torch.finfo(dtype).min)
-    out = model(
-        input_ids=ids,
-        position_ids=positions,
-        attention_mask=mask,
-        past_key_values=cache,
-        use_cache=True,
-        logits_to_keep=1,
-    )
-    return out.logits[:, -1].float()
+    """The batched engine's own forward (kvcache.forward_last_logits), in float32 for comparing."""
+    return forward_last_logits(model, cache, ids, positions, mask, attention_mask_dtype(model)).float()
 
 
 def batched_support(model: Any) -> str | None:

@@ -32,7 +32,7 @@ import torch
 from gateway.engine.admission import Admission
 from gateway.engine.base import queued_deltas
 from gateway.engine.detok import IncrementalDetokenizer
-from gateway.engine.kvcache import BatchKVCache
+from gateway.engine.kvcache import BatchKVCache, attention_mask_dtype, forward_last_logits
 from gateway.engine.logits import prompt_logprobs
 from gateway.engine.sampling import RowSampling, sample
 from gateway.engine.speed import output_vocab_size, release_free_memory
@@ -119,10 +119,7 @@ class BatchedEngine:
         self.device = next(model.parameters()).device
         self.vocab_size = output_vocab_size(model)
         config = model.config.get_text_config(decoder=True)
-        self._float_mask = getattr(model.config, "_attn_implementation", "sdpa") != "sdpa"
-        self._mask_dtype = next(model.parameters()).dtype
-        if not self._mask_dtype.is_floating_point:
-            self._mask_dtype = torch.float32
+        self._mask_dtype = attention_mask_dtype(model)
         self.cache = BatchKVCache(config.num_hidden_layers, self.device)
         self.tuner = ThreadTuner()
         self._active: list[_Seq] = []  # row i of the cache is _active[i]
@@ -273,19 +270,7 @@ class BatchedEngine:
             self._active[row] = last
 
     def _forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        if self._float_mask:  # eager attention adds the mask to the scores
-            mask = torch.zeros(mask.shape, dtype=self._mask_dtype, device=mask.device).masked_fill_(
-                ~mask, torch.finfo(self._mask_dtype).min
-            )
-        out = self.model(
-            input_ids=input_ids,
-            position_ids=position_ids,
-            attention_mask=mask,
-            past_key_values=self.cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        return out.logits[:, -1, :]
+        return forward_last_logits(self.model, self.cache, input_ids, position_ids, mask, self._mask_dtype)
 
     def _prefill(self, seqs: list[_Seq], out: _Outbox) -> None:
         ready: list[_Seq] = []

@@ -255,3 +255,35 @@ class BatchKVCache(Cache):
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for store in (self.keys, self.values) for t in store if t is not None)
+
+
+def attention_mask_dtype(model: torch.nn.Module) -> torch.dtype | None:
+    """The dtype of the additive float mask eager attention needs; None for sdpa (boolean masks)."""
+    if getattr(model.config, "_attn_implementation", "sdpa") == "sdpa":
+        return None
+    dtype = next(model.parameters()).dtype
+    return dtype if dtype.is_floating_point else torch.float32
+
+
+def forward_last_logits(
+    model: torch.nn.Module,
+    cache: BatchKVCache,
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    mask: torch.Tensor,
+    mask_dtype: torch.dtype | None,
+) -> torch.Tensor:
+    """One forward of the model over the cache; the logits of each row's last position."""
+    if mask_dtype is not None:
+        mask = torch.zeros(mask.shape, dtype=mask_dtype, device=mask.device).masked_fill_(
+            ~mask, torch.finfo(mask_dtype).min
+        )
+    out = model(
+        input_ids=input_ids,
+        position_ids=position_ids,
+        attention_mask=mask,
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    return out.logits[:, -1, :]
