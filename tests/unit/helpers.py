@@ -166,6 +166,19 @@ def stream_text(events: list[dict[str, Any]], index: int = 0) -> str:
     )
 
 
+def finish_reasons(events: list[dict[str, Any]]) -> list[str]:
+    return [c["finish_reason"] for e in events for c in e.get("choices", []) if c["finish_reason"]]
+
+
+def chat_text_and_finish(response: httpx.Response, stream: bool) -> tuple[str, list[str]]:
+    """Choice 0's text and the finish reasons of a chat response, streamed or not."""
+    if stream:
+        events = sse_events(response.text)
+        return stream_text(events), finish_reasons(events)
+    choice = response.json()["choices"][0]
+    return choice["message"]["content"], [choice["finish_reason"]]
+
+
 def completion_stream_text(events: list[dict[str, Any]], index: int = 0) -> str:
     return "".join(c["text"] for e in events for c in e.get("choices", []) if c["index"] == index)
 

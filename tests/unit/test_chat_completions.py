@@ -8,7 +8,15 @@ import pytest
 
 from adapters import AdapterRegistry
 from gateway.engine.fake import FakeEngine
-from tests.unit.helpers import MODEL, CountingEngine, build_pipeline, open_gateway, sse_events, stream_text
+from tests.unit.helpers import (
+    MODEL,
+    CountingEngine,
+    build_pipeline,
+    chat_text_and_finish,
+    open_gateway,
+    sse_events,
+    stream_text,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -68,13 +76,7 @@ async def test_stop_string_spanning_pieces_is_trimmed_and_aborts(stream):
     async with open_gateway(CountingEngine(pieces=SPLIT_PIECES + ["never"] * 5)) as gw:
         r = await gw.chat(stop="lo w", stream=stream)
         assert r.status_code == 200
-        if stream:
-            events = sse_events(r.text)
-            text = stream_text(events)
-            finish = [c["finish_reason"] for e in events for c in e["choices"] if c["finish_reason"]]
-        else:
-            choice = r.json()["choices"][0]
-            text, finish = choice["message"]["content"], [choice["finish_reason"]]
+        text, finish = chat_text_and_finish(r, stream)
         assert text == "Hel"
         assert finish == ["stop"]
         [request] = gw.engine.requests
@@ -97,13 +99,7 @@ async def test_held_back_partial_match_is_emitted_in_full(stream):
     # "rld!" starts matching at the last piece and never completes; "lo!" holds back the "l" of "Hel".
     async with open_gateway(FakeEngine(pieces=SPLIT_PIECES)) as gw:
         r = await gw.chat(stop=["rld!", "lo!"], stream=stream)
-        if stream:
-            events = sse_events(r.text)
-            text = stream_text(events)
-            finish = [c["finish_reason"] for e in events for c in e["choices"] if c["finish_reason"]]
-        else:
-            choice = r.json()["choices"][0]
-            text, finish = choice["message"]["content"], [choice["finish_reason"]]
+        text, finish = chat_text_and_finish(r, stream)
         assert text == "Hello world"
         assert finish == ["stop"]
         assert len(gw.engine.requests) == 1

@@ -9,6 +9,7 @@ import pytest
 from gateway.engine.fake import FakeEngine
 from tests.unit.helpers import (
     MODEL,
+    finish_reasons,
     is_compact,
     make_settings,
     open_gateway,
@@ -120,8 +121,7 @@ async def test_max_tokens_length_finish_in_stream():
         r = await gw.chat(stream=True, max_tokens=2, stream_options={"include_usage": True})
         events = sse_events(r.text)
         assert stream_text(events) == "ab"
-        finish = [c["finish_reason"] for e in events for c in e["choices"] if c["finish_reason"]]
-        assert finish == ["length"]
+        assert finish_reasons(events) == ["length"]
         assert events[-1]["usage"]["completion_tokens"] == 2
 
 
