@@ -11,7 +11,7 @@ from adapters import AdapterRegistry, PromptPipeline
 from gateway.engine.admission import Admission, AdmittedEngine
 from gateway.engine.hf import HFEngine
 from gateway.engine.loader import hide_triton_without_gpu, load_model, load_tokenizer, materialize, read_config
-from gateway.engine.speed import release_free_memory
+from gateway.engine.speed import bound_onednn_caches, release_free_memory
 from gateway.models import ServedModel
 from gateway.settings import EMBEDDED_MODEL, EMBEDDED_SAMPLING, ModelSpec
 
@@ -51,6 +51,7 @@ def build_engine(spec: ModelSpec, model: Any, tokenizer: Any, *, pad_token_id: i
 def build_served_model(spec: ModelSpec, *, cache_dir: Any, adapters: AdapterRegistry | None = None) -> ServedModel:
     started = time.monotonic()
     hide_triton_without_gpu()
+    bound_onednn_caches()  # before this process builds its first oneDNN primitive
     adapters = adapters or AdapterRegistry()
     model_dir = materialize(spec, cache_dir)
     config = read_config(model_dir)

@@ -110,3 +110,48 @@ def test_triton_is_hidden_on_a_cpu_only_machine() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     hidden, gpu = out.stdout.split()
     assert hidden == str(gpu == "True")
+
+
+_PRIMITIVE_GROWTH = """
+import gc, sys, psutil, torch
+from gateway.engine.speed import PackedLinear, bound_onednn_caches, release_free_memory
+if sys.argv[1] == "bounded":
+    bound_onednn_caches()
+layer = PackedLinear(torch.nn.Linear(576, 1536))
+def rss():
+    gc.collect(); release_free_memory()
+    return psutil.Process().memory_info().rss
+with torch.inference_mode():
+    layer(torch.randn(1, 576))
+    for rows in range(2, 80):  # every prefill of a new length builds a primitive for its row count
+        layer(torch.randn(rows, 576))
+    middle = rss()
+    for rows in range(80, 160):
+        layer(torch.randn(rows, 576))
+print((rss() - middle) / 2**20)
+"""
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="no oneDNN in this torch build")
+def test_onednn_primitive_caches_are_bounded() -> None:
+    """Once the caches are full, new row counts cost no memory; without the bound each costs ~0.6 MiB."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")}
+
+    def growth(mode: str) -> float:
+        run = subprocess.run(
+            [sys.executable, "-c", _PRIMITIVE_GROWTH, mode],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+            env=env,
+        )
+        return float(run.stdout.split()[-1])
+
+    bounded, unbounded = growth("bounded"), growth("default")
+    assert bounded < 4, f"RSS grew {bounded:.1f} MiB over 80 more row counts with bounded caches"
+    assert unbounded > 20, unbounded  # the bound is what keeps it flat
