@@ -5,7 +5,9 @@ taken (by our own event loop streaming chunks, or by another process), an OpenMP
 waits for its descheduled thread at every op; a decode step of ~400 ops then takes 10-50x longer.
 One thread fewer leaves a core free, but costs speed on an idle machine. Which is faster depends on
 the moment, so the engine measures: each phase uses the candidate with the best recent (median) time
-per unit of work and now and then re-tries the other one (rarely when it was much slower).
+per unit of work and now and then re-tries the other one (rarely when it was much slower). Only
+small calls try a candidate out: a burst's prefill run on the slower setting would delay every
+request in it (at 8 streams, TTFT 150 -> 290 ms), so large calls always take the best known one.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ _WINDOW = 7  # recent measurements kept per candidate
 _WARMUP = 3  # measurements of every candidate before exploiting
 _EXPLORE_EVERY = 16  # base interval between re-tries of the other candidate
 _EXPLORE_MAX = 512
+EXPLORE_MAX_WORK = 64  # calls with more work (e.g. prefill tokens) never try a candidate out
 
 
 def thread_candidates() -> list[int]:
@@ -42,13 +45,13 @@ class _Phase:
         recent = self.recent[n]
         return statistics.median(recent) if recent else None
 
-    def pick(self) -> int:
+    def pick(self, explore: bool = True) -> int:
         self.calls += 1
         for n in self.candidates:
             if len(self.recent[n]) < _WARMUP:
-                return n
+                return n if explore else self.candidates[-1]  # not measured yet: torch's own setting
         best = min(self.candidates, key=lambda n: self.cost(n) or 0.0)
-        if self.calls >= self.next_explore:
+        if explore and self.calls >= self.next_explore:
             others = [n for n in self.candidates if n != best]
             other = min(others, key=lambda n: len(self.recent[n]))
             slower = (self.cost(other) or 1.0) / max(self.cost(best) or 1.0, 1e-12)
@@ -70,7 +73,7 @@ class ThreadTuner:
 
     def run(self, phase: str, work: float, fn, *args):  # type: ignore[no-untyped-def]
         state = self.phases.setdefault(phase, _Phase(self.candidates))
-        n = state.pick() if len(self.candidates) > 1 else self.candidates[0]
+        n = state.pick(explore=work <= EXPLORE_MAX_WORK) if len(self.candidates) > 1 else self.candidates[0]
         if n != self._current:
             torch.set_num_threads(n)
             self._current = n

@@ -10,7 +10,7 @@ import torch
 from gateway.engine.batch_support import batched_support
 from gateway.engine.factory import build_engine
 from gateway.engine.speed import INT8_SKIP, PackedLinear, can_prepack, output_vocab_size, prepack_linears, quantize_int8
-from gateway.engine.threads import ThreadTuner
+from gateway.engine.threads import EXPLORE_MAX_WORK, ThreadTuner
 from gateway.settings import ModelSpec
 from tests.unit.batched_tiny import gpt2_tokenizer, tiny_model
 
@@ -92,6 +92,28 @@ def test_thread_tuner_prefers_the_faster_count_and_still_explores(anyio_backend:
     late = used[50:]
     assert late.count(2) > 0.85 * len(late)  # exploits the faster setting ...
     assert late.count(1) >= 1  # ... and re-tries the other now and then
+
+
+def test_thread_tuner_never_tries_a_candidate_out_on_a_large_call(anyio_backend: str) -> None:
+    """A burst's prefill on the slower thread count would delay every request in the burst."""
+    tuner = ThreadTuner(candidates=[1, 2])
+    cost = {1: 0.002, 2: 0.001}
+    used = []
+
+    def prefill() -> None:
+        used.append(torch.get_num_threads())
+        time.sleep(cost[used[-1]])
+
+    tuner.run("prefill", EXPLORE_MAX_WORK * 8, prefill)
+    assert used == [2]  # nothing measured yet: torch's own setting, not the 1-thread trial
+    for _ in range(100):  # small prompts measure both candidates and keep re-trying the slower one
+        tuner.run("prefill", 10, prefill)
+    assert used.count(1) > 3
+    used.clear()
+    for _ in range(200):
+        tuner.run("prefill", EXPLORE_MAX_WORK * 8, prefill)
+    tuner.restore()
+    assert used == [2] * 200
 
 
 def test_triton_is_hidden_on_a_cpu_only_machine() -> None:
