@@ -290,6 +290,7 @@ class BatchedEngine:
         if not ready:
             return
         lengths = [len(seq.history) for seq in ready]
+        self.cache.lookahead = self._lookahead([*self._active, *ready])
         shared = _shared_prefix([seq.history for seq in ready]) if len(ready) > 1 else 0
         if shared < MIN_SHARED_PREFIX:
             shared = 0
@@ -313,7 +314,13 @@ class BatchedEngine:
         self._active.extend(ready)
         self._advance(ready, logits, first, out)
 
+    @staticmethod
+    def _lookahead(seqs: list[_Seq]) -> int:
+        """Decode steps these rows may still take: the cache grows no further than that."""
+        return max(seq.request.params.max_new_tokens - seq.generated for seq in seqs)
+
     def _decode(self, out: _Outbox) -> None:
+        self.cache.lookahead = self._lookahead(self._active)
         input_ids, position_ids, mask = self.cache.begin_decode()
         logits = self.tuner.run("decode", 1, self._forward, input_ids, position_ids, mask)
         self.cache.end_decode()

@@ -6,7 +6,8 @@ different columns (a request that joins late puts its prompt just left of `end`)
 The attention mask handed to the model is a view of `valid`, so the model never sees other rows' data.
 
 Buffers are preallocated per layer as [rows, kv_heads, columns, head_dim] and grow by doubling, so a
-step writes one column in place instead of concatenating the whole cache (what DynamicCache does).
+step writes one column in place instead of concatenating the whole cache (what DynamicCache does);
+never past what the active rows can still use (`lookahead`, set by the engine from their budgets).
 Active rows are kept compact in [0, rows): a finished row is replaced by the last one (one row copy).
 Columns left of every active row's start are reclaimed by shifting the window when the buffer is full.
 """
@@ -16,8 +17,16 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
+from gateway.engine.speed import release_free_memory
+
 MIN_COLUMNS = 64
 MIN_ROWS = 4
+KEEP_IDLE_BYTES = 4 << 20  # an emptied cache keeps buffers up to this size for the next request
+COLUMN_ALIGN = 16
+
+
+def _round_up(n: int, step: int) -> int:
+    return -(-n // step) * step
 
 
 def _pow2(n: int, floor: int) -> int:
@@ -50,6 +59,7 @@ class BatchKVCache(Cache):
         self.positions = torch.zeros(0, dtype=torch.long, device=device)  # next position id per row
         self.tokens = torch.zeros(0, dtype=torch.long, device=device)  # next input token per row
         self.row_start: list[int] = []
+        self.lookahead = 0  # decode steps the active rows may still take (0 = unknown): caps growth
         # what the next forward writes: rows [r0, r1), columns [w0, w0 + q), returns columns [ws, w0 + q)
         self._target = (0, 0, 0, 0, 0)
 
@@ -108,6 +118,8 @@ class BatchKVCache(Cache):
             setattr(self, name, new)
         self.row_start.extend([0] * (rows - len(self.row_start)))
         self.row_capacity, self.col_capacity = rows, cols
+        if any(buf is not None for buf in self.keys):
+            release_free_memory()  # the old buffers' pages go back now, not at the next idle moment
 
     def _move_columns(self, shift: int) -> None:
         """Move the active window [start, end) by `shift` columns (negative = left) for the active rows."""
@@ -135,12 +147,24 @@ class BatchKVCache(Cache):
             self._move_columns(-shift)
             needed_end -= shift
         if needed_end > self.col_capacity:
-            self._resize(self.row_capacity, _pow2(needed_end, MIN_COLUMNS))
+            self._resize(self.row_capacity, self._columns_for(needed_end, self.end))
+
+    def _columns_for(self, needed_end: int, end: int) -> int:
+        """Capacity to grow to: double, but not past `end + lookahead`, the last column any active row
+        can still write (a 64-token answer after a 44-token prompt needs 112 columns, not 128)."""
+        size = _pow2(needed_end, MIN_COLUMNS)
+        if self.lookahead:
+            size = min(size, max(needed_end, _round_up(end + self.lookahead, COLUMN_ALIGN)))
+        return size
 
     def reset(self) -> None:
-        """Forget every row; buffers are released when they grew large (kept small ones for reuse)."""
+        """Forget every row; buffers go back to the allocator unless small (kept for the next request).
+
+        An idle server should not hold the KV memory of its last burst (47 MB for 8 x 128 tokens of
+        SmolLM2-135M in fp32); allocating it again costs far less than a prefill.
+        """
         self.rows = self.start = self.end = 0
-        if self.row_capacity * self.col_capacity > 16 * 1024:
+        if self.nbytes() > KEEP_IDLE_BYTES:
             self.keys = [None] * len(self.keys)
             self.values = [None] * len(self.values)
             self.row_capacity = self.col_capacity = 0
@@ -162,7 +186,7 @@ class BatchKVCache(Cache):
             self.valid.zero_()
         self._ensure_columns(self.end + 1)
         if self.end < q:  # the prompts need q columns left of `end`: move the window right
-            self._resize(self.row_capacity, _pow2(q + 1, MIN_COLUMNS))
+            self._resize(self.row_capacity, self._columns_for(q + 1, q))
             self._move_columns(q - self.end)
         self._resize(_pow2(self.rows + n, MIN_ROWS), self.col_capacity)
 

@@ -10,6 +10,7 @@ from contextlib import aclosing
 import pytest
 
 from gateway.engine.batched import BatchedEngine
+from gateway.engine.kvcache import KEEP_IDLE_BYTES
 from gateway.engine.types import GenerationRequest
 from gateway.errors import OverloadedError
 from tests.unit.batched_tiny import PROMPTS, collect, gpt2_tokenizer, params, prompt, tiny_model
@@ -54,8 +55,14 @@ async def test_half_of_32_streams_dropped(anyio_backend: str) -> None:
         assert after.token_ids == idle.token_ids
         assert after.ttft is not None and idle.ttft is not None and after.ttft < 3 * idle.ttft + 0.05
         held = engine.cache.nbytes()
-        await asyncio.gather(*[collect(engine, prompt(PROMPTS[i % 5]), params(120)) for i in range(32)])
+        burst = asyncio.gather(*[collect(engine, prompt(PROMPTS[i % 5]), params(260)) for i in range(32)])
+        peak = 0
+        while not burst.done():
+            peak = max(peak, engine.cache.nbytes())
+            await asyncio.sleep(0.01)
+        await burst
         assert engine.cache.nbytes() <= max(held, 1) * 4  # bounded: buffers are reused, not leaked
+        assert peak > KEEP_IDLE_BYTES >= engine.cache.nbytes()  # the burst's KV memory was given back
     finally:
         await engine.close()
     assert threading.active_count() == baseline_threads
@@ -92,5 +99,22 @@ async def test_unused_reservations_expire(anyio_backend: str) -> None:
             engine.reserve(1)
         await asyncio.sleep(0.1)
         engine.reserve(1)
+    finally:
+        await engine.close()
+
+
+async def test_the_cache_grows_no_further_than_the_rows_can_use(anyio_backend: str) -> None:
+    """Doubling would take rows of a 4-token prompt + 70 tokens to 128 columns; they need 74 (80 aligned)."""
+    engine = BatchedEngine(tiny_model(), gpt2_tokenizer(), name="tiny", max_running=8, max_queued=8)
+    try:
+        ids = prompt(PROMPTS[0])
+        burst = asyncio.gather(*[collect(engine, ids, params(70)) for _ in range(4)])
+        widest = 0
+        while not burst.done():
+            widest = max(widest, engine.cache.col_capacity)
+            await asyncio.sleep(0.002)
+        assert all(r.finish_reason == "length" and len(r.token_ids) == 70 for r in await burst)
+        widest = max(widest, engine.cache.col_capacity)  # a small cache stays allocated while idle
+        assert len(ids) + 70 <= widest <= len(ids) + 70 + 16
     finally:
         await engine.close()
