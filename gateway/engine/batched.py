@@ -131,6 +131,7 @@ class BatchedEngine:
         self.steps = 0  # decode steps run (for tests and stats)
         self.shared_prefix_tokens = 0  # prompt tokens not recomputed thanks to a shared prefix
         self.dropped: deque[tuple[str, int]] = deque(maxlen=256)  # (request id, step) of recent cancellations
+        self.prefill_batches: deque[int] = deque(maxlen=256)  # requests per recent prefill forward
         self._thread = threading.Thread(target=self._loop, name=f"batched-{name}", daemon=True)
         self._thread.start()
 
@@ -227,7 +228,8 @@ class BatchedEngine:
 
         Requests of a burst reach the engine a millisecond or two apart (the event loop prepares them
         one by one). Prefilled together they share one forward (and their common prompt prefix);
-        otherwise the first one's prefill delays all the others.
+        otherwise the first one's prefill delays all the others. Requests already admitted by the
+        services (`reserve`) but not here yet are part of the burst: they are waited for as well.
         """
         deadline = time.monotonic() + COALESCE_MAX_S
         seen = len(self._waiting)
@@ -236,7 +238,7 @@ class BatchedEngine:
             if left <= 0:
                 break
             self._cond.wait(min(COALESCE_GAP_S, left))
-            if len(self._waiting) == seen:  # nobody else came: go
+            if len(self._waiting) == seen and not self.admission.reserved:  # nobody else is coming: go
                 break
             seen = len(self._waiting)
 
@@ -289,6 +291,7 @@ class BatchedEngine:
             ready.append(seq)
         if not ready:
             return
+        started = time.perf_counter()
         lengths = [len(seq.history) for seq in ready]
         self.cache.lookahead = self._lookahead([*self._active, *ready])
         shared = _shared_prefix([seq.history for seq in ready]) if len(ready) > 1 else 0
@@ -309,7 +312,15 @@ class BatchedEngine:
         )
         logits = self.tuner.run("prefill", len(ready) * width, self._forward, input_ids, position_ids, mask)
         self.cache.end_prefill(lengths, shared)
-        logger.debug("prefill: %d rows joined %d, width %d after %d shared", len(ready), self.cache.rows, width, shared)
+        logger.debug(
+            "prefill: %d rows joined %d, width %d after %d shared, %.1f ms",
+            len(ready),
+            self.cache.rows,
+            width,
+            shared,
+            (time.perf_counter() - started) * 1000,
+        )
+        self.prefill_batches.append(len(ready))
         first = len(self._active)
         self._active.extend(ready)
         self._advance(ready, logits, first, out)

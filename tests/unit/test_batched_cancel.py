@@ -9,6 +9,7 @@ from contextlib import aclosing
 
 import pytest
 
+from gateway.engine import batched
 from gateway.engine.batched import BatchedEngine
 from gateway.engine.kvcache import KEEP_IDLE_BYTES
 from gateway.engine.types import GenerationRequest
@@ -99,6 +100,26 @@ async def test_unused_reservations_expire(anyio_backend: str) -> None:
             engine.reserve(1)
         await asyncio.sleep(0.1)
         engine.reserve(1)
+    finally:
+        await engine.close()
+
+
+@pytest.mark.parametrize("reserved", [True, False])
+async def test_an_idle_engine_waits_for_the_rest_of_an_admitted_burst(
+    anyio_backend: str, reserved: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests the services admitted (reserved) but that are not in the engine yet join the first
+    one's prefill; without a reservation the engine starts after a short quiet gap."""
+    monkeypatch.setattr(batched, "COALESCE_MAX_S", 5.0)  # the gap rule alone decides, however slow the machine
+    engine = BatchedEngine(tiny_model(), gpt2_tokenizer(), name="tiny", max_running=8, max_queued=8)
+    try:
+        if reserved:
+            engine.reserve(2)
+        first = asyncio.ensure_future(collect(engine, prompt(PROMPTS[0]), params(4)))
+        await asyncio.sleep(20 * batched.COALESCE_GAP_S)
+        second = await collect(engine, prompt(PROMPTS[1]), params(4))
+        assert (await first).finish_reason == second.finish_reason == "length"
+        assert list(engine.prefill_batches) == ([2] if reserved else [1, 1])
     finally:
         await engine.close()
 
