@@ -7,7 +7,7 @@ One thread fewer leaves a core free, but costs speed on an idle machine. Which i
 the moment, so the engine measures: each phase uses the candidate with the best recent (median) time
 per unit of work and now and then re-tries the other one (rarely when it was much slower). Only
 small calls try a candidate out: a burst's prefill run on the slower setting would delay every
-request in it (at 8 streams, TTFT 150 -> 290 ms), so large calls always take the best known one.
+request in it (8 prompts x 22 tokens, SmolLM2 fp32: 130 -> 195 ms), so large calls take the best one.
 """
 
 from __future__ import annotations
