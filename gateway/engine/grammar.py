@@ -150,10 +150,22 @@ class ClosingVocab:
         return torch.tensor(ids, dtype=torch.long)
 
 
+# xgrammar's compiled-schema cache is unbounded by default: ~60 KB per small schema, so a client that
+# sends a new schema with every request would grow the server forever. Least recently used go first.
+GRAMMAR_CACHE_BYTES = 64 << 20
+
+
 class GrammarCache:
     """Per-model xgrammar compiler, built on first use (its vocabulary scan takes ~0.2 s)."""
 
-    def __init__(self, tokenizer: Any, vocab_size: int, stop_token_ids: frozenset[int]) -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        vocab_size: int,
+        stop_token_ids: frozenset[int],
+        cache_limit_bytes: int = GRAMMAR_CACHE_BYTES,
+    ) -> None:
+        self.cache_limit_bytes = cache_limit_bytes
         self._tokenizer = tokenizer
         self._vocab_size = vocab_size
         self._stop_ids = sorted(stop_token_ids)
@@ -170,8 +182,11 @@ class GrammarCache:
                     self._tokenizer, vocab_size=self._vocab_size, stop_token_ids=self._stop_ids or None
                 )
                 self._closing = ClosingVocab(info.decoded_vocab)
-                self._compiler = xgr.GrammarCompiler(info, max_threads=2)  # caches compiled schemas
+                self._compiler = xgr.GrammarCompiler(info, max_threads=2, cache_limit_bytes=self.cache_limit_bytes)
             return self._compiler
+
+    def cache_size_bytes(self) -> int:
+        return self._compiler.get_cache_size_bytes() if self._compiler is not None else 0
 
     def compile(self, schema: dict[str, Any]) -> xgr.CompiledGrammar:
         """Compile a JSON schema with compact separators (no endless whitespace from a small model)."""
