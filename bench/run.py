@@ -342,7 +342,7 @@ def report(targets: list[Target], args: argparse.Namespace, results: dict) -> No
     reference = ref_key.get(args.reference, reference)
     lines = [
         f"| target ({args.dtype}) | streams | TTFT p50 ms | TTFT p95 ms | per-stream tok/s | aggregate tok/s "
-        f"| ×{args.reference} | tokens/req | peak RSS MB |",
+        f"| ×{args.reference} | tokens/req | peak RSS MiB |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for level in args.levels:
