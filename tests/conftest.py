@@ -10,15 +10,14 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def shared_dir() -> Path:
-    """shared/ (docs and tokenizer fixtures) sits beside the checkout; GANTRY_SHARED_DIR overrides."""
-    return Path(os.environ.get("GANTRY_SHARED_DIR", REPO_ROOT.parent / "shared")).resolve()
+FIXTURES = REPO_ROOT / "tests" / "fixtures"  # carried by the repository: a bare clone passes `make test`
 
 
 def tokenizer_fixture(name: str) -> Path:
-    path = shared_dir() / "fixtures" / "tokenizers" / name
+    """A real tokenizer's files (tests/fixtures/tokenizers/<name>, provenance in its SOURCE.md)."""
+    path = FIXTURES / "tokenizers" / name
     if not path.is_dir():
-        pytest.fail(f"tokenizer fixture {path} is missing (set GANTRY_SHARED_DIR)")
+        pytest.fail(f"tokenizer fixture {path} is missing from the repository")
     return path
 
 
@@ -26,6 +25,6 @@ def tokenizer_fixture(name: str) -> Path:
 def _clean_gantry_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Settings read GANTRY_* variables and .env; tests must not inherit the developer's."""
     for key in list(os.environ):
-        if key.startswith("GANTRY_") and key != "GANTRY_SHARED_DIR":
+        if key.startswith("GANTRY_"):
             monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

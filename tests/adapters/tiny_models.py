@@ -69,20 +69,11 @@ _CARRIED = (
 )
 
 
-def shared_dir() -> Path:
-    """shared/ beside the repository (as in CI: a fresh clone with shared/ next to it).
-
-    GANTRY_SHARED_DIR overrides it.
-    """
-    env = os.environ.get("GANTRY_SHARED_DIR")
-    return Path(env) if env else REPO_ROOT.parent / "shared"
-
-
 def fixture_dir(name: str) -> Path:
-    """A tokenizer fixture directory under shared/fixtures/tokenizers/."""
-    path = shared_dir() / "fixtures" / "tokenizers" / name
+    """A tokenizer fixture directory under tests/fixtures/tokenizers/ (in the repository)."""
+    path = REPO_ROOT / "tests" / "fixtures" / "tokenizers" / name
     if not path.is_dir():
-        raise FileNotFoundError(f"tokenizer fixture {path} not found; point GANTRY_SHARED_DIR at shared/")
+        raise FileNotFoundError(f"tokenizer fixture {path} is missing from the repository")
     return path
 
 
