@@ -12,7 +12,6 @@ Nothing is downloaded.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
