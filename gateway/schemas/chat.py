@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_serializer
 
-from gateway.schemas.common import GenerationRequest, Usage, WireModel
+from gateway.schemas.common import SYSTEM_FINGERPRINT, GenerationRequest, Usage, WireModel
 
 
 class ContentPart(WireModel):
@@ -82,13 +82,14 @@ class ToolCallOut(BaseModel):
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
+    refusal: str | None = None  # required by OpenAI's schema (nullable): we have no refusal channel, always null
     tool_calls: list[ToolCallOut] | None = None
     reasoning_content: str | None = None
     reasoning: str | None = None  # the newer name for the same text; clients read one or the other
 
     @model_serializer(mode="wrap")
     def _omit_absent(self, handler: Any) -> dict[str, Any]:
-        return _drop_none(handler, self, keep=("content",))
+        return _drop_none(handler, self, keep=("content", "refusal"))
 
 
 class ChatChoice(BaseModel):
@@ -105,7 +106,7 @@ class ChatCompletion(BaseModel):
     model: str
     choices: list[ChatChoice]
     usage: Usage
-    system_fingerprint: str | None = None
+    system_fingerprint: str = SYSTEM_FINGERPRINT
 
 
 class DeltaFunction(BaseModel):
@@ -157,7 +158,7 @@ class ChatCompletionChunk(BaseModel):
     model: str
     choices: list[ChunkChoice]
     usage: Usage | None = None
-    system_fingerprint: str | None = None
+    system_fingerprint: str = SYSTEM_FINGERPRINT
 
     def to_json(self) -> str:
         return self.model_dump_json(exclude={"usage"} if self.usage is None else None)
