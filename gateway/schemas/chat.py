@@ -65,6 +65,8 @@ class ChoiceLogprobs(BaseModel):
 
 
 def _drop_none(handler: Any, value: Any, keep: tuple[str, ...] = ()) -> dict[str, Any]:
+    # The serializers calling this have no return annotation on purpose: pydantic then documents the
+    # model's fields in the OpenAPI document instead of a bare `dict`.
     return {k: v for k, v in handler(value).items() if v is not None or k in keep}
 
 
@@ -88,7 +90,7 @@ class AssistantMessage(BaseModel):
     reasoning: str | None = None  # the newer name for the same text; clients read one or the other
 
     @model_serializer(mode="wrap")
-    def _omit_absent(self, handler: Any) -> dict[str, Any]:
+    def _omit_absent(self, handler: Any):
         return _drop_none(handler, self, keep=("content", "refusal"))
 
 
@@ -114,7 +116,7 @@ class DeltaFunction(BaseModel):
     arguments: str | None = None
 
     @model_serializer(mode="wrap")
-    def _omit_absent(self, handler: Any) -> dict[str, Any]:
+    def _omit_absent(self, handler: Any):
         return _drop_none(handler, self)
 
 
@@ -127,7 +129,7 @@ class DeltaToolCall(BaseModel):
     function: DeltaFunction
 
     @model_serializer(mode="wrap")
-    def _omit_absent(self, handler: Any) -> dict[str, Any]:
+    def _omit_absent(self, handler: Any):
         return _drop_none(handler, self)
 
 
@@ -139,7 +141,7 @@ class DeltaMessage(BaseModel):
     tool_calls: list[DeltaToolCall] | None = None
 
     @model_serializer(mode="wrap")
-    def _drop_unset(self, handler: Any) -> dict[str, Any]:
+    def _drop_unset(self, handler: Any):
         # Only the fields a delta actually carries go on the wire; the last delta is {}.
         return _drop_none(handler, self)
 
