@@ -51,6 +51,7 @@ def create_app(settings: Settings | None = None, *, factory: ModelFactory | None
         summary="OpenAI-compatible API for local Hugging Face models",
         version="0.1.0",
         lifespan=lifespan,
+        swagger_ui_parameters={"validatorUrl": None},  # else Swagger UI asks validator.swagger.io about the spec
     )
     app.state.settings = settings
     app.state.registry = registry
