@@ -89,13 +89,23 @@ def _error_response(status: int) -> dict[str, Any]:
 
 
 def _event_stream(chunk: type[BaseModel]) -> dict[str, Any]:
+    """One server-sent event, as OpenAPI before 3.2 describes an event stream (3.2 calls it `itemSchema`)."""
     name = chunk.__name__
+
+    def json_data(model: str) -> dict[str, Any]:
+        return {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {"$ref": REF.format(model=model)},
+        }
+
     return {
         "schema": {
-            "type": "string",
-            "description": f"With `stream: true`: server-sent events, one `data: <{name} JSON>` line per chunk "
-            f"(schema `{name}`), an error event `data: <ErrorResponse JSON>` if generation fails after the "
-            "first byte, and `data: [DONE]` last.",
+            "type": "object",
+            "description": f"With `stream: true`, server-sent events: one `data: <{name} JSON>` per chunk, "
+            "`data: <ErrorResponse JSON>` if generation fails after the first byte, and `data: [DONE]` last.",
+            "required": ["data"],
+            "properties": {"data": {"anyOf": [json_data(name), json_data("ErrorResponse"), {"const": "[DONE]"}]}},
         }
     }
 

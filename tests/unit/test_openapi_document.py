@@ -43,16 +43,26 @@ def test_no_422_is_documented_and_validation_errors_are_400_envelopes() -> None:
 
 
 @pytest.mark.parametrize(
-    ("path", "request_model"),
-    [("/v1/chat/completions", "ChatCompletionRequest"), ("/v1/completions", "CompletionRequest")],
+    ("path", "request_model", "chunk_model"),
+    [
+        ("/v1/chat/completions", "ChatCompletionRequest", "ChatCompletionChunk"),
+        ("/v1/completions", "CompletionRequest", "Completion"),
+    ],
 )
-def test_generation_routes_are_typed_and_stream(path: str, request_model: str) -> None:
+def test_generation_routes_are_typed_and_stream(path: str, request_model: str, chunk_model: str) -> None:
     op = document()["paths"][path]["post"]
     body = op["requestBody"]["content"]["application/json"]["schema"]
     assert body == {"$ref": f"#/components/schemas/{request_model}"}
     assert op["requestBody"]["required"] is True
     assert set(op["responses"]) == {"200", "400", "404", "413", "415", "429", "500", "503"}
-    assert set(op["responses"]["200"]["content"]) == {"application/json", "text/event-stream"}
+    content = op["responses"]["200"]["content"]
+    assert set(content) == {"application/json", "text/event-stream"}
+    event_data = content["text/event-stream"]["schema"]["properties"]["data"]["anyOf"]
+    assert {"const": "[DONE]"} in event_data
+    assert {d["contentSchema"]["$ref"].rsplit("/", 1)[1] for d in event_data if "contentSchema" in d} == {
+        chunk_model,
+        "ErrorResponse",
+    }
     assert "Retry-After" in op["responses"]["429"]["headers"]
 
 
