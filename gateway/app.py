@@ -8,9 +8,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from gateway.errors import install_error_handlers
 from gateway.middleware import JSONBodyMiddleware, RequestContextMiddleware
+from gateway.openapi import install_openapi
 from gateway.registry import ModelFactory, ModelRegistry
 from gateway.routes import chat, completions, health, models
 from gateway.services.chat import ChatService
@@ -43,11 +45,13 @@ def create_app(settings: Settings | None = None, *, factory: ModelFactory | None
             loading.cancel()
             await registry.close()
 
-    app = FastAPI(
+    # /docs and /redoc with Swagger UI and ReDoc served from the package (no CDN: they work offline).
+    app = FastAPIOffline(
         title="Gantry",
         summary="OpenAI-compatible API for local Hugging Face models",
         version="0.1.0",
         lifespan=lifespan,
+        swagger_ui_parameters={"validatorUrl": None},  # else Swagger UI asks validator.swagger.io about the spec
     )
     app.state.settings = settings
     app.state.registry = registry
@@ -56,6 +60,7 @@ def create_app(settings: Settings | None = None, *, factory: ModelFactory | None
     install_error_handlers(app)
     for module in (chat, completions, models, health):
         app.include_router(module.router)
+    install_openapi(app)
     app.add_middleware(JSONBodyMiddleware)
     app.add_middleware(RequestContextMiddleware)  # outermost: sees every response
     return app

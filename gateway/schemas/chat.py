@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_serializer
 
-from gateway.schemas.common import GenerationRequest, Usage, WireModel
+from gateway.schemas.common import SYSTEM_FINGERPRINT, GenerationRequest, Usage, WireModel
 
 
 class ContentPart(WireModel):
@@ -65,6 +65,8 @@ class ChoiceLogprobs(BaseModel):
 
 
 def _drop_none(handler: Any, value: Any, keep: tuple[str, ...] = ()) -> dict[str, Any]:
+    # The serializers calling this have no return annotation on purpose: pydantic then documents the
+    # model's fields in the OpenAPI document instead of a bare `dict`.
     return {k: v for k, v in handler(value).items() if v is not None or k in keep}
 
 
@@ -82,13 +84,14 @@ class ToolCallOut(BaseModel):
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
+    refusal: str | None = None  # required by OpenAI's schema (nullable): we have no refusal channel, always null
     tool_calls: list[ToolCallOut] | None = None
     reasoning_content: str | None = None
     reasoning: str | None = None  # the newer name for the same text; clients read one or the other
 
     @model_serializer(mode="wrap")
-    def _omit_absent(self, handler: Any) -> dict[str, Any]:
-        return _drop_none(handler, self, keep=("content",))
+    def _omit_absent(self, handler: Any):
+        return _drop_none(handler, self, keep=("content", "refusal"))
 
 
 class ChatChoice(BaseModel):
@@ -105,7 +108,7 @@ class ChatCompletion(BaseModel):
     model: str
     choices: list[ChatChoice]
     usage: Usage
-    system_fingerprint: str | None = None
+    system_fingerprint: str = SYSTEM_FINGERPRINT
 
 
 class DeltaFunction(BaseModel):
@@ -113,7 +116,7 @@ class DeltaFunction(BaseModel):
     arguments: str | None = None
 
     @model_serializer(mode="wrap")
-    def _omit_absent(self, handler: Any) -> dict[str, Any]:
+    def _omit_absent(self, handler: Any):
         return _drop_none(handler, self)
 
 
@@ -126,7 +129,7 @@ class DeltaToolCall(BaseModel):
     function: DeltaFunction
 
     @model_serializer(mode="wrap")
-    def _omit_absent(self, handler: Any) -> dict[str, Any]:
+    def _omit_absent(self, handler: Any):
         return _drop_none(handler, self)
 
 
@@ -138,7 +141,7 @@ class DeltaMessage(BaseModel):
     tool_calls: list[DeltaToolCall] | None = None
 
     @model_serializer(mode="wrap")
-    def _drop_unset(self, handler: Any) -> dict[str, Any]:
+    def _drop_unset(self, handler: Any):
         # Only the fields a delta actually carries go on the wire; the last delta is {}.
         return _drop_none(handler, self)
 
@@ -157,7 +160,7 @@ class ChatCompletionChunk(BaseModel):
     model: str
     choices: list[ChunkChoice]
     usage: Usage | None = None
-    system_fingerprint: str | None = None
+    system_fingerprint: str = SYSTEM_FINGERPRINT
 
     def to_json(self) -> str:
         return self.model_dump_json(exclude={"usage"} if self.usage is None else None)

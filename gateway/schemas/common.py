@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 import logging
+from importlib.metadata import PackageNotFoundError, version
 
 from pydantic import BaseModel, ConfigDict, Field
 
 logger = logging.getLogger("gateway.requests")
+
+
+def _system_fingerprint() -> str:
+    """The server build, as llama.cpp reports its build: OpenAI's schema wants a string here, never null."""
+    try:
+        return f"gantry-{version('gantry-llm-gateway')}"
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "gantry"
+
+
+SYSTEM_FINGERPRINT = _system_fingerprint()
 
 
 class OpenAIRequest(BaseModel):

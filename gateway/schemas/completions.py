@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from gateway.schemas.common import GenerationRequest, Usage
+from gateway.schemas.common import SYSTEM_FINGERPRINT, GenerationRequest, Usage
 
 PromptField = str | list[str] | list[int] | list[list[int]]
 
@@ -41,7 +41,7 @@ class Completion(BaseModel):
     model: str
     choices: list[CompletionChoice]
     usage: Usage | None = None
-    system_fingerprint: str | None = None
+    system_fingerprint: str = SYSTEM_FINGERPRINT
 
     def to_chunk_json(self) -> str:
         return self.model_dump_json(exclude={"usage"} if self.usage is None else None)

@@ -1,0 +1,116 @@
+"""The OpenAPI document told honestly: every status a route can answer, and SSE for the streaming routes.
+
+FastAPI documents request bodies and 200 responses from the routes' models, but also a 422 the server never
+sends (validation errors are 400 with the OpenAI envelope, see gateway.errors) and none of the errors that the
+services, admission control and middleware raise. This module fixes the document in one place, after FastAPI has
+generated it, from the table below; a unit test checks that the table covers every route.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from gateway.schemas.chat import ChatCompletionChunk
+from gateway.schemas.completions import Completion
+from gateway.schemas.errors import ErrorResponse
+
+REF = "#/components/schemas/{model}"
+
+ERROR_DESCRIPTIONS = {
+    400: "Invalid request: malformed JSON, a field of the wrong type or out of range, an unsupported parameter, "
+    "or a prompt longer than the model's context.",
+    404: "No such model is served here.",
+    413: "The request body is larger than the configured limit.",
+    415: "The request body is not declared as JSON (`Content-Type: application/json`).",
+    429: "Every running and queued place for the model is taken; retry after `Retry-After` seconds.",
+    500: "Generation failed inside the engine; the same request would fail again.",
+    503: "The model is still loading (retry after `Retry-After` seconds) or failed to load.",
+}
+RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}}
+GENERATION_ERRORS = (400, 404, 413, 415, 429, 500, 503)
+
+
+@dataclass(frozen=True)
+class Documented:
+    errors: tuple[int, ...] = ()
+    stream_chunk: type[BaseModel] | None = None  # the model of each SSE `data:` line when `stream: true`
+
+
+OPERATIONS: dict[tuple[str, str], Documented] = {
+    ("post", "/v1/chat/completions"): Documented(GENERATION_ERRORS, ChatCompletionChunk),
+    ("post", "/v1/completions"): Documented(GENERATION_ERRORS, Completion),
+    ("get", "/v1/models"): Documented(),
+    ("get", "/v1/models/{model_id}"): Documented((404,)),
+    ("get", "/health"): Documented(),
+    ("get", "/health/ready"): Documented((503,)),  # its 503 body carries the envelope beside status and models
+}
+
+
+def install_openapi(app: FastAPI) -> None:
+    """Post-process FastAPI's generated document (cached by FastAPI; the edits are idempotent)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        return document(generate())
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def document(schema: dict[str, Any]) -> dict[str, Any]:
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    _add_models(components, ErrorResponse, *(d.stream_chunk for d in OPERATIONS.values() if d.stream_chunk))
+    for path, operations in schema.get("paths", {}).items():
+        for method, operation in operations.items():
+            documented = OPERATIONS.get((method, path), Documented())
+            responses = operation.setdefault("responses", {})
+            responses.pop("422", None)
+            for status in documented.errors:
+                responses[str(status)] = _error_response(status)
+            if documented.stream_chunk is not None:
+                responses["200"]["content"]["text/event-stream"] = _event_stream(documented.stream_chunk)
+    for unused in ("HTTPValidationError", "ValidationError"):
+        components.pop(unused, None)
+    return schema
+
+
+def _error_response(status: int) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": ERROR_DESCRIPTIONS[status],
+        "content": {"application/json": {"schema": {"$ref": REF.format(model="ErrorResponse")}}},
+    }
+    if status in (429, 503):
+        response["headers"] = RETRY_AFTER
+    return response
+
+
+def _event_stream(chunk: type[BaseModel]) -> dict[str, Any]:
+    """One server-sent event, as OpenAPI before 3.2 describes an event stream (3.2 calls it `itemSchema`)."""
+    name = chunk.__name__
+
+    def json_data(model: str) -> dict[str, Any]:
+        return {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {"$ref": REF.format(model=model)},
+        }
+
+    return {
+        "schema": {
+            "type": "object",
+            "description": f"With `stream: true`, server-sent events: one `data: <{name} JSON>` per chunk, "
+            "`data: <ErrorResponse JSON>` if generation fails after the first byte, and `data: [DONE]` last.",
+            "required": ["data"],
+            "properties": {"data": {"anyOf": [json_data(name), json_data("ErrorResponse"), {"const": "[DONE]"}]}},
+        }
+    }
+
+
+def _add_models(components: dict[str, Any], *models: type[BaseModel]) -> None:
+    _, definitions = models_json_schema([(m, "serialization") for m in models], ref_template=REF)
+    for name, definition in definitions.get("$defs", {}).items():
+        components.setdefault(name, definition)
