@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -16,6 +17,7 @@ from gateway.routes import chat, completions, health, models
 from gateway.services.chat import ChatService
 from gateway.services.completions import CompletionService
 from gateway.settings import Settings
+from gateway.shutdown import Shutdown, ShutdownMiddleware
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +34,7 @@ def default_factory(settings: Settings) -> ModelFactory:
 def create_app(settings: Settings | None = None, *, factory: ModelFactory | None = None) -> FastAPI:
     settings = settings or Settings()
     registry = ModelRegistry(settings.model_specs(), factory or default_factory(settings))
+    shutdown = Shutdown(settings.shutdown_grace_seconds)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -40,8 +43,11 @@ def create_app(settings: Settings | None = None, *, factory: ModelFactory | None
         try:
             yield
         finally:
+            shutdown.abort()  # gateway/cli.py drained first; under another ASGI host, end what still runs
             loading.cancel()
+            started = time.monotonic()
             await registry.close()
+            logger.info("models closed in %.2f s", time.monotonic() - started)
 
     app = FastAPI(
         title="Gantry",
@@ -51,11 +57,13 @@ def create_app(settings: Settings | None = None, *, factory: ModelFactory | None
     )
     app.state.settings = settings
     app.state.registry = registry
+    app.state.shutdown = shutdown
     app.state.chat_service = ChatService(registry, settings)
     app.state.completion_service = CompletionService(registry, settings)
     install_error_handlers(app)
     for module in (chat, completions, models, health):
         app.include_router(module.router)
     app.add_middleware(JSONBodyMiddleware)
+    app.add_middleware(ShutdownMiddleware, shutdown=shutdown)  # inside RequestContext: its 503s get an x-request-id
     app.add_middleware(RequestContextMiddleware)  # outermost: sees every response
     return app
