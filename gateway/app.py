@@ -20,6 +20,7 @@ from gateway.settings import Settings
 from gateway.shutdown import Shutdown, ShutdownMiddleware
 
 logger = logging.getLogger(__name__)
+CLOSE_TIMEOUT_SECONDS = 3.0
 
 
 def default_factory(settings: Settings) -> ModelFactory:
@@ -46,8 +47,11 @@ def create_app(settings: Settings | None = None, *, factory: ModelFactory | None
             shutdown.abort()  # gateway/cli.py drained first; under another ASGI host, end what still runs
             loading.cancel()
             started = time.monotonic()
-            await registry.close()
-            logger.info("models closed in %.2f s", time.monotonic() - started)
+            try:  # an engine waits for its decode step in progress: seconds on a busy CPU, bounded here
+                await asyncio.wait_for(registry.close(), timeout=CLOSE_TIMEOUT_SECONDS)
+                logger.info("models closed in %.2f s", time.monotonic() - started)
+            except TimeoutError:
+                logger.warning("models still closing after %.0f s; exiting anyway", CLOSE_TIMEOUT_SECONDS)
 
     app = FastAPI(
         title="Gantry",
