@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-HOST ?= 127.0.0.1
-PORT ?= 8000
+# `make serve HOST=… PORT=…` pass flags; without them GANTRY_HOST/GANTRY_PORT (environment or .env) apply,
+# else the defaults 127.0.0.1:8000. A PORT variable merely set in the environment is not taken.
+SERVE_FLAGS = $(if $(filter command line,$(origin HOST)),--host $(HOST)) \
+	$(if $(filter command line,$(origin PORT)),--port $(PORT))
 PYTEST_ARGS ?=
 
 .PHONY: serve test lint install clean-venv
@@ -23,7 +25,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 install: $(STAMP)
 
 serve: $(STAMP)
-	$(BIN)/python -m gateway serve --host $(HOST) --port $(PORT)
+	$(BIN)/python -m gateway serve $(SERVE_FLAGS)
 
 test: $(STAMP)
 	$(BIN)/ruff check .

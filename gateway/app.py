@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -18,8 +19,10 @@ from gateway.routes import chat, completions, health, models
 from gateway.services.chat import ChatService
 from gateway.services.completions import CompletionService
 from gateway.settings import Settings
+from gateway.shutdown import Shutdown, ShutdownMiddleware
 
 logger = logging.getLogger(__name__)
+CLOSE_TIMEOUT_SECONDS = 3.0
 
 
 def default_factory(settings: Settings) -> ModelFactory:
@@ -34,6 +37,7 @@ def default_factory(settings: Settings) -> ModelFactory:
 def create_app(settings: Settings | None = None, *, factory: ModelFactory | None = None) -> FastAPI:
     settings = settings or Settings()
     registry = ModelRegistry(settings.model_specs(), factory or default_factory(settings))
+    shutdown = Shutdown(settings.shutdown_grace_seconds)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -42,8 +46,14 @@ def create_app(settings: Settings | None = None, *, factory: ModelFactory | None
         try:
             yield
         finally:
+            shutdown.abort()  # gateway/cli.py drained first; under another ASGI host, end what still runs
             loading.cancel()
-            await registry.close()
+            started = time.monotonic()
+            try:  # an engine waits for its decode step in progress: seconds on a busy CPU, bounded here
+                await asyncio.wait_for(registry.close(), timeout=CLOSE_TIMEOUT_SECONDS)
+                logger.info("models closed in %.2f s", time.monotonic() - started)
+            except TimeoutError:
+                logger.warning("models still closing after %.0f s; exiting anyway", CLOSE_TIMEOUT_SECONDS)
 
     # /docs and /redoc with Swagger UI and ReDoc served from the package (no CDN: they work offline).
     app = FastAPIOffline(
@@ -55,6 +65,7 @@ def create_app(settings: Settings | None = None, *, factory: ModelFactory | None
     )
     app.state.settings = settings
     app.state.registry = registry
+    app.state.shutdown = shutdown
     app.state.chat_service = ChatService(registry, settings)
     app.state.completion_service = CompletionService(registry, settings)
     install_error_handlers(app)
@@ -62,5 +73,6 @@ def create_app(settings: Settings | None = None, *, factory: ModelFactory | None
         app.include_router(module.router)
     install_openapi(app)
     app.add_middleware(JSONBodyMiddleware)
+    app.add_middleware(ShutdownMiddleware, shutdown=shutdown)  # inside RequestContext: its 503s get an x-request-id
     app.add_middleware(RequestContextMiddleware)  # outermost: sees every response
     return app

@@ -7,6 +7,7 @@
     ├── ModelNotFoundError              404 code=model_not_found
     ├── ModelNotReadyError              503 (loading or failed), Retry-After
     ├── OverloadedError                 429 code=overloaded (too many running + queued), Retry-After
+    ├── ShuttingDownError               503 code=server_shutting_down, Retry-After (see gateway/shutdown.py)
     └── EngineError                     500 the engine failed while generating
 
 Envelope: {"error": {"message", "type", "param", "code"}}. Errors are mapped by type, never by text.
@@ -40,6 +41,10 @@ class GatewayError(Exception):
 
     def headers(self) -> dict[str, str]:
         return {}
+
+    def log_level(self) -> int | None:
+        """How the error handler logs this error: server faults at ERROR, client errors not at all."""
+        return logging.ERROR if self.status_code >= 500 else None
 
     def to_dict(self) -> dict[str, Any]:
         return error_body(self.message, self.error_type, self.param, self.code)
@@ -80,6 +85,11 @@ class ModelNotReadyError(GatewayError):
             headers["x-should-retry"] = "false"
         return headers
 
+    def log_level(self) -> int:
+        # A request during a load is expected traffic (the access log shows its 503); the failed load itself
+        # was logged at ERROR when it happened.
+        return logging.WARNING if self.permanent else logging.DEBUG
+
 
 class OverloadedError(GatewayError):
     """The model's running and queued places are all taken; the client should retry later."""
@@ -94,6 +104,23 @@ class OverloadedError(GatewayError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after)}
+
+
+class ShuttingDownError(GatewayError):
+    """The server is shutting down: new requests are refused, and requests past the grace period end with this."""
+
+    status_code = 503
+    error_type = "service_unavailable"
+    default_code = "server_shutting_down"
+
+    def __init__(self, message: str = "The server is shutting down; retry on another instance or shortly.") -> None:
+        super().__init__(message)
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "5"}
+
+    def log_level(self) -> int:
+        return logging.INFO  # the expected end of a request at shutdown, not a fault
 
 
 class EngineError(GatewayError):
@@ -134,8 +161,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(GatewayError)
     async def _gateway(_: Request, exc: GatewayError) -> JSONResponse:
-        if exc.status_code >= 500:
-            logger.error("request failed: %s", exc.message)
+        level = exc.log_level()
+        if level is not None:
+            logger.log(level, "request failed: %s", exc.message)
         return error_response(exc)
 
     @app.exception_handler(AdapterError)

@@ -6,16 +6,18 @@ requests) get 503 until the model is ready. Lazy load and idle unload slot in he
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 
 from gateway.errors import ModelNotFoundError, ModelNotReadyError
 from gateway.models import ServedModel
 from gateway.settings import ModelSpec
+from gateway.shutdown import to_daemon_thread
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +39,31 @@ class ModelEntry:
     created: int = field(default_factory=lambda: int(time.time()))
 
 
+# An absolute POSIX or Windows path inside an exception message (up to whitespace or a quote).
+_PATH = re.compile(r"""(?<![\w.])(?:[A-Za-z]:[\\/]|/|~/)[^\s'"`,;)]+""")
+_MAX_CAUSE = 300
+
+
+def load_failure_cause(exc: BaseException) -> str:
+    """The short, client-safe cause of a failed load, shown by /health/ready, /v1/models and the 503s: the
+    exception type and first line of its message, filesystem paths reduced to their last part (the full
+    error, with paths and traceback, is in the server log)."""
+    if isinstance(exc, FileNotFoundError):
+        name = Path(exc.filename).name if isinstance(exc.filename, str) and exc.filename else None
+        return f"the model file or directory was not found ({name})" if name else "a model file was not found"
+    lines = str(exc).strip().splitlines()
+    message = _PATH.sub(_last_part, lines[0] if lines else "")
+    cause = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    return cause if len(cause) <= _MAX_CAUSE else cause[: _MAX_CAUSE - 1] + "…"
+
+
+def _last_part(match: re.Match[str]) -> str:
+    path = match.group(0)
+    body = path.rstrip(".:")  # sentence punctuation after the path stays
+    name = re.split(r"[\\/]", body.rstrip("\\/"))[-1]
+    return (name or "<path>") + path[len(body) :]
+
+
 class ModelRegistry:
     def __init__(self, specs: list[ModelSpec], factory: ModelFactory) -> None:
         if not specs:
@@ -56,11 +83,14 @@ class ModelRegistry:
         """Load every configured model, one after another, off the event loop."""
         for entry in self._entries:
             try:
-                entry.served = await asyncio.to_thread(self._factory, entry.spec)
+                entry.served = await to_daemon_thread(self._factory, entry.spec)
                 entry.state = ModelState.READY
             except Exception as exc:  # a broken model must not take the server down
-                logger.exception("model %s failed to load", entry.spec.name)
-                entry.state, entry.error = ModelState.FAILED, f"{type(exc).__name__}: {exc}"
+                if isinstance(exc, FileNotFoundError):  # the message says it all; a traceback would be noise
+                    logger.error("model %s failed to load: %s", entry.spec.name, exc)
+                else:
+                    logger.exception("model %s failed to load", entry.spec.name)
+                entry.state, entry.error = ModelState.FAILED, load_failure_cause(exc)
 
     def find(self, model_id: str | None) -> ModelEntry:
         if model_id is None or model_id == "":

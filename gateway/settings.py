@@ -172,6 +172,12 @@ class Settings(BaseSettings):
     sse_ping_seconds: float = Field(
         default=15.0, gt=0, description="Comment ping interval on idle streams (keeps proxies open)."
     )
+    shutdown_grace_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="On SIGINT/SIGTERM, how long running requests may finish before they are ended with an error "
+        "(new requests get 503 at once).",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
 
     _sampling_json = field_validator("sampling", mode="before")(_json_object)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable
@@ -13,6 +12,7 @@ from sse_starlette import EventSourceResponse
 
 from adapters import AdapterError
 from gateway.errors import GatewayError, error_body, from_adapter_error
+from gateway.shutdown import Shutdown
 
 logger = logging.getLogger(__name__)
 
@@ -20,10 +20,11 @@ T = TypeVar("T")
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-async def _events(chunks: AsyncIterator[str]) -> AsyncIterator[dict[str, str]]:
-    """`data:` events only; an error after the first byte becomes an error event; always [DONE]."""
+async def _events(chunks: AsyncIterator[str], shutdown: Shutdown) -> AsyncIterator[dict[str, str]]:
+    """`data:` events only; an error after the first byte (a shutdown's abort too) becomes an error event;
+    always [DONE]."""
     try:
-        async for data in chunks:
+        async for data in shutdown.guard_stream(chunks):
             yield {"data": data}
     except GatewayError as exc:
         yield {"data": json.dumps(exc.to_dict())}
@@ -35,31 +36,22 @@ async def _events(chunks: AsyncIterator[str]) -> AsyncIterator[dict[str, str]]:
     yield {"data": "[DONE]"}
 
 
-def sse_response(chunks: AsyncIterator[str], ping_seconds: float) -> EventSourceResponse:
+def sse_response(request: Request, chunks: AsyncIterator[str], ping_seconds: float) -> EventSourceResponse:
     # When the client goes away sse-starlette cancels the generator; the engine request is aborted
-    # in the sequence's `finally`, so the decode loop stops within one step.
-    return EventSourceResponse(_events(chunks), ping=int(max(1, ping_seconds)), headers=SSE_HEADERS, sep="\n")
+    # in the sequence's `finally`, so the decode loop stops within one step. At shutdown the stream ends
+    # itself (gateway/shutdown.py) before sse-starlette's own exit handling would cut it without [DONE].
+    events = _events(chunks, request.app.state.shutdown)
+    return EventSourceResponse(events, ping=int(max(1, ping_seconds)), headers=SSE_HEADERS, sep="\n")
 
 
 async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Run a non-streaming request, cancelling it (and so its generation) if the client disconnects."""
-    task = asyncio.ensure_future(work)
+    """Run a non-streaming request, cancelling it (and so its generation) if the client disconnects, or
+    ending it with a 503 envelope if the server shuts down before it finishes."""
 
-    async def watch() -> None:
+    async def disconnected() -> None:
         while True:
             message = await request.receive()
             if message["type"] == "http.disconnect":
                 return
 
-    watcher = asyncio.ensure_future(watch())
-    try:
-        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if task in done:
-            return task.result()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        raise asyncio.CancelledError("client disconnected")
-    finally:
-        watcher.cancel()
-        if not task.done():
-            task.cancel()
+    return await request.app.state.shutdown.guard(work, also_stop=disconnected)

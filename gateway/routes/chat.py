@@ -15,5 +15,5 @@ async def create_chat_completion(
 ):
     plan = service.prepare(body)  # every 4xx is raised here, before any byte is sent
     if body.stream:
-        return sse_response(service.stream(plan), settings.sse_ping_seconds)
+        return sse_response(request, service.stream(plan), settings.sse_ping_seconds)
     return await until_disconnect(request, service.complete(plan))

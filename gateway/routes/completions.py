@@ -15,5 +15,5 @@ async def create_completion(
 ):
     plan = service.prepare(body)
     if body.stream:
-        return sse_response(service.stream(plan), settings.sse_ping_seconds)
+        return sse_response(request, service.stream(plan), settings.sse_ping_seconds)
     return await until_disconnect(request, service.complete(plan))

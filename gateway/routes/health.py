@@ -22,11 +22,15 @@ async def ready(registry: RegistryDep) -> JSONResponse:
     default = registry.default
     if default.state is ModelState.READY:
         return JSONResponse({"status": "ready", "models": models})
+    if default.state is ModelState.FAILED:
+        message = f"The default model `{default.spec.name}` failed to load: {default.error}"
+    else:
+        message = f"The default model `{default.spec.name}` is {default.state.value}."
     body = {
         "status": default.state.value,
         "models": models,
         "error": {
-            "message": f"The default model `{default.spec.name}` is {default.state.value}.",
+            "message": message,
             "type": "service_unavailable",
             "param": None,
             "code": "model_not_ready",

@@ -73,12 +73,12 @@ def test_system_message_renders_start_of_turn_prompt(
 ) -> None:
     from transformers import AutoTokenizer
 
-    from gateway.engine.loader import _gguf_cache_dir
+    from gateway.engine.gguf_cache import gguf_cache_dir
     from gateway.settings import Settings
 
     # The GGUF's own tokenizer, as the server saved it beside the dequantized weights (parsing the GGUF
     # again would take ~20 s); the expected prompt below is written out by hand, not rendered.
-    cached = _gguf_cache_dir(gguf_path, Settings.model_fields["cache_dir"].default)
+    cached = gguf_cache_dir(gguf_path, Settings.model_fields["cache_dir"].default)
     tokenizer = AutoTokenizer.from_pretrained(cached)
     expected_ids = tokenizer.encode(EXPECTED_PROMPT, add_special_tokens=False)
     assert expected_ids[:2] == [2, 105] and expected_ids.count(2) == 1  # <bos><start_of_turn>, one BOS

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -201,3 +202,65 @@ def test_sampling_defaults_precedence():
     embedded = ModelSpec(name="m", source="embedded")
     assert sampling_defaults(embedded, {}) == {"temperature": 0.2, "top_p": 0.9}  # SmolLM2's model card
     assert sampling_defaults(embedded.model_copy(update={"sampling": spec.sampling}), {})["temperature"] == 0.1
+
+
+def test_help_shows_defaults_as_a_user_types_them():
+    help_text = " ".join(serve_parser().format_help().split())
+    for python_repr in ("SamplingDefaults(", "PosixPath(", "WindowsPath(", "default: None", "default: '"):
+        assert python_repr not in help_text, python_repr
+    assert "default: ~/.cache/gantry]" in help_text or f"default: {Path.home()}" not in help_text
+    assert "[env GANTRY_HOST; default: 127.0.0.1]" in help_text
+    assert "[env GANTRY_COMPILE; default: off]" in help_text
+
+
+def test_help_lists_the_families_and_rejects_unknown_ones():
+    from adapters import AdapterRegistry
+
+    help_text = " ".join(serve_parser().format_help().split())
+    families = AdapterRegistry().names()
+    assert f"One of: {', '.join(families)}." in help_text
+    assert build_parser().parse_args(["serve", "--family", families[0]]).family == families[0]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--family", "no-such-family"])
+
+
+@pytest.mark.parametrize(
+    ("argv0", "prog"),
+    [
+        ("/x/.venv/lib/python3.11/site-packages/gateway/__main__.py", "python -m gateway"),
+        ("/x/.venv/bin/gantry", "gantry"),
+    ],
+)
+def test_usage_names_the_command_as_it_was_invoked(argv0, prog):
+    from gateway.cli import invoked_as
+
+    assert invoked_as(argv0) == prog
+    assert build_parser(invoked_as(argv0)).format_usage().startswith(f"usage: {prog} ")
+
+
+def test_python_m_gateway_help_says_python_m_gateway():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GANTRY_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "--help"], cwd=REPO_ROOT, env=env, capture_output=True, text=True
+    )
+    assert result.stdout.startswith("usage: python -m gateway serve "), result.stdout[:80]
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+@pytest.mark.parametrize(
+    ("args", "env", "flags"),
+    [
+        ([], {}, []),
+        ([], {"GANTRY_PORT": "9000", "PORT": "7000", "HOST": "0.0.0.0"}, []),  # GANTRY_PORT applies in the server
+        (["PORT=9000"], {}, ["--port", "9000"]),
+        (["HOST=0.0.0.0", "PORT=9001"], {"GANTRY_PORT": "9000"}, ["--host", "0.0.0.0", "--port", "9001"]),
+    ],
+)
+def test_make_serve_passes_host_and_port_only_when_given(args, env, flags):
+    child_env = {**{k: v for k, v in os.environ.items() if k not in ("HOST", "PORT")}, **env}
+    result = subprocess.run(
+        ["make", "-n", "serve", "STAMP=Makefile", *args], cwd=REPO_ROOT, env=child_env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    [command] = [line for line in result.stdout.splitlines() if "-m gateway serve" in line]
+    assert command.split()[command.split().index("serve") + 1 :] == flags
