@@ -19,6 +19,13 @@ EMBEDDED_MODEL_NAME = "smollm2-135m-instruct"
 # The SmolLM2 model card samples with these and its GGUF carries no generation_config; at OpenAI's
 # temperature 1 the 135M model derails into endless noise on about one short prompt in five.
 EMBEDDED_SAMPLING = {"temperature": 0.2, "top_p": 0.9}
+# Max new tokens for a request that sets none, for the embedded model. The peers cap nothing by
+# default (vLLM: the rest of the window unless generation_config has max_new_tokens; Ollama
+# num_predict and llama.cpp n_predict: -1, i.e. until the context is full; Ollama used 128 once), which
+# suits large models on a GPU. A 135M model on 2 CPU cores decodes ~40 tok/s alone and loops now and
+# then: 256 tokens (~6 s) hold any answer it gives to a short question (the README's take < 80), while
+# an endless loop cannot keep a client (and the server's memory) busy for minutes.
+EMBEDDED_DEFAULT_MAX_TOKENS = 256
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 EngineKind = Literal["auto", "batched", "simple"]
@@ -100,6 +107,14 @@ class ModelSpec(BaseModel):
         description="Defaults for temperature/top_p/top_k/min_p/repetition_penalty where a request sets none; "
         "over the model's generation_config (the embedded model: its model card's temperature 0.2, top_p 0.9).",
     )
+    default_max_tokens: int | None = Field(
+        default=None,
+        ge=0,
+        description="Max new tokens when a request sets none (chat; completions keep OpenAI's 16 unless the "
+        "request sends null); unset: the server-wide default_max_tokens, else the model's generation_config "
+        f"max_new_tokens, else {EMBEDDED_DEFAULT_MAX_TOKENS} for the embedded model and the rest of the "
+        "context window for others; 0 = the rest of the context window.",
+    )
 
     def ids(self) -> list[str]:
         return [self.name, *self.aliases]
@@ -165,8 +180,10 @@ class Settings(BaseSettings):
     )
     default_max_tokens: int | None = Field(
         default=None,
-        gt=0,
-        description="Chat max tokens when the request sets none; default: the rest of the context window.",
+        ge=0,
+        description="Max new tokens when a request sets none, for the single model and every models-file entry "
+        f"without its own; unset: the model's generation_config max_new_tokens, else {EMBEDDED_DEFAULT_MAX_TOKENS} "
+        "for the embedded model and the rest of the context window for others; 0 = the rest of the window.",
     )
     max_stop_sequences: int = Field(default=16, ge=1, description="Most `stop` strings a request may send.")
     sse_ping_seconds: float = Field(
@@ -184,7 +201,15 @@ class Settings(BaseSettings):
     def model_specs(self) -> list[ModelSpec]:
         """The models to serve: the models file's list, or the single model from the flags."""
         if self.models_file is not None:
-            return load_models_file(self.models_file)
+            specs = load_models_file(self.models_file)
+            if self.default_max_tokens is None:
+                return specs
+            return [  # the server-wide cap is the fallback for entries without their own
+                spec
+                if spec.default_max_tokens is not None
+                else spec.model_copy(update={"default_max_tokens": self.default_max_tokens})
+                for spec in specs
+            ]
         return [self.single_model_spec()]
 
     def single_model_spec(self) -> ModelSpec:
@@ -210,6 +235,7 @@ class Settings(BaseSettings):
             compile=self.compile,
             prepack=self.prepack,
             sampling=self.sampling,
+            default_max_tokens=self.default_max_tokens,
         )
 
 
