@@ -20,14 +20,14 @@ EMBEDDED_MODEL_NAME = "smollm2-135m-instruct"
 # generation_config; at OpenAI's temperature 1 the 135M model derails into endless noise on about one
 # short prompt in five. At 0.2 / 0.9 it still loops ("la femme, la femme, …") on 7 of 20 "What is the
 # capital of France?"; a repetition penalty of 1.1 (Ollama's default; what SmolLM2 demo apps use)
-# ended all 60 README-prompt runs with `stop` (1.2 penalizes the prompt's <|im_end|> and loops again:
-# 2 of 20). Figures in the README.
+# ended all 60 README-prompt runs (20 each) with `stop` (1.2 penalizes the prompt's <|im_end|> and loops
+# again: 2 of 20). Figures in the README.
 EMBEDDED_SAMPLING = {"temperature": 0.2, "top_p": 0.9, "repetition_penalty": 1.1}
 # Max new tokens for a request that sets none, for the embedded model. The peers cap nothing by
 # default (vLLM: the rest of the window unless generation_config has max_new_tokens; Ollama
 # num_predict and llama.cpp n_predict: -1, i.e. until the context is full; Ollama used 128 once), which
 # suits large models on a GPU. A 135M model on 2 CPU cores decodes ~40 tok/s alone and loops now and
-# then: 256 tokens (~6 s) hold any answer it gives to a short question (the README's take < 80), while
+# then: 256 tokens (~6 s) hold any answer it gives to a short question (the README's took ≤ 60), while
 # an endless loop cannot keep a client (and the server's memory) busy for minutes.
 EMBEDDED_DEFAULT_MAX_TOKENS = 256
 
