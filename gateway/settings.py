@@ -16,9 +16,20 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 EMBEDDED_MODEL = "embedded"
 EMBEDDED_MODEL_NAME = "smollm2-135m-instruct"
-# The SmolLM2 model card samples with these and its GGUF carries no generation_config; at OpenAI's
-# temperature 1 the 135M model derails into endless noise on about one short prompt in five.
-EMBEDDED_SAMPLING = {"temperature": 0.2, "top_p": 0.9}
+# The SmolLM2 model card samples with temperature 0.2 / top_p 0.9 and its GGUF carries no
+# generation_config; at OpenAI's temperature 1 the 135M model derails into endless noise on about one
+# short prompt in five. At 0.2 / 0.9 it still loops ("la femme, la femme, …") on 7 of 20 "What is the
+# capital of France?"; a repetition penalty of 1.1 (Ollama's default; what SmolLM2 demo apps use)
+# ended all 60 README-prompt runs (20 each) with `stop` (1.2 penalizes the prompt's <|im_end|> and loops
+# again: 2 of 20). Figures in the README.
+EMBEDDED_SAMPLING = {"temperature": 0.2, "top_p": 0.9, "repetition_penalty": 1.1}
+# Max new tokens for a request that sets none, for the embedded model. The peers cap nothing by
+# default (vLLM: the rest of the window unless generation_config has max_new_tokens; Ollama
+# num_predict and llama.cpp n_predict: -1, i.e. until the context is full; Ollama used 128 once), which
+# suits large models on a GPU. A 135M model on 2 CPU cores decodes ~40 tok/s alone and loops now and
+# then: 256 tokens (~6 s) hold any answer it gives to a short question (the README's took ≤ 60), while
+# an endless loop cannot keep a client (and the server's memory) busy for minutes.
+EMBEDDED_DEFAULT_MAX_TOKENS = 256
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 EngineKind = Literal["auto", "batched", "simple"]
@@ -98,7 +109,15 @@ class ModelSpec(BaseModel):
     sampling: SamplingDefaults = Field(
         default_factory=SamplingDefaults,
         description="Defaults for temperature/top_p/top_k/min_p/repetition_penalty where a request sets none; "
-        "over the model's generation_config (the embedded model: its model card's temperature 0.2, top_p 0.9).",
+        "over the model's generation_config (the embedded model: temperature 0.2, top_p 0.9, repetition_penalty 1.1).",
+    )
+    default_max_tokens: int | None = Field(
+        default=None,
+        ge=0,
+        description="Max new tokens when a request sets none (chat; completions keep OpenAI's 16 unless the "
+        "request sends null); unset: the server-wide default_max_tokens, else the model's generation_config "
+        f"max_new_tokens, else {EMBEDDED_DEFAULT_MAX_TOKENS} for the embedded model and the rest of the "
+        "context window for others; 0 = the rest of the context window.",
     )
 
     def ids(self) -> list[str]:
@@ -165,8 +184,10 @@ class Settings(BaseSettings):
     )
     default_max_tokens: int | None = Field(
         default=None,
-        gt=0,
-        description="Chat max tokens when the request sets none; default: the rest of the context window.",
+        ge=0,
+        description="Max new tokens when a request sets none, for the single model and every models-file entry "
+        f"without its own; unset: the model's generation_config max_new_tokens, else {EMBEDDED_DEFAULT_MAX_TOKENS} "
+        "for the embedded model and the rest of the context window for others; 0 = the rest of the window.",
     )
     max_stop_sequences: int = Field(default=16, ge=1, description="Most `stop` strings a request may send.")
     sse_ping_seconds: float = Field(
@@ -190,7 +211,15 @@ class Settings(BaseSettings):
     def model_specs(self) -> list[ModelSpec]:
         """The models to serve: the models file's list, or the single model from the flags."""
         if self.models_file is not None:
-            return load_models_file(self.models_file)
+            specs = load_models_file(self.models_file)
+            if self.default_max_tokens is None:
+                return specs
+            return [  # the server-wide cap is the fallback for entries without their own
+                spec
+                if spec.default_max_tokens is not None
+                else spec.model_copy(update={"default_max_tokens": self.default_max_tokens})
+                for spec in specs
+            ]
         return [self.single_model_spec()]
 
     def single_model_spec(self) -> ModelSpec:
@@ -216,6 +245,7 @@ class Settings(BaseSettings):
             compile=self.compile,
             prepack=self.prepack,
             sampling=self.sampling,
+            default_max_tokens=self.default_max_tokens,
         )
 
 

@@ -13,7 +13,7 @@ from gateway.engine.hf import HFEngine
 from gateway.engine.loader import hide_triton_without_gpu, load_model, load_tokenizer, materialize, read_config
 from gateway.engine.speed import bound_onednn_caches, release_free_memory
 from gateway.models import ServedModel
-from gateway.settings import EMBEDDED_MODEL, EMBEDDED_SAMPLING, ModelSpec
+from gateway.settings import EMBEDDED_DEFAULT_MAX_TOKENS, EMBEDDED_MODEL, EMBEDDED_SAMPLING, ModelSpec
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +26,16 @@ def sampling_defaults(spec: ModelSpec, generation_config: dict[str, Any]) -> dic
     authors = {k: generation_config[k] for k in _SAMPLING_DEFAULT_KEYS if generation_config.get(k) is not None}
     card = EMBEDDED_SAMPLING if spec.source == EMBEDDED_MODEL else {}
     return {**authors, **card, **spec.sampling.values()}
+
+
+def model_max_tokens(spec: ModelSpec, generation_config: dict[str, Any]) -> int | None:
+    """The model's own cap for requests without max_tokens (the spec's setting wins over it): the
+    authors' generation_config max_new_tokens (as vLLM takes it; its max_length is transformers' 20 by
+    default, so it is not read), else the embedded model's small default, else none."""
+    authors = generation_config.get("max_new_tokens")
+    if isinstance(authors, int) and authors > 0:
+        return authors
+    return EMBEDDED_DEFAULT_MAX_TOKENS if spec.source == EMBEDDED_MODEL else None
 
 
 def build_engine(spec: ModelSpec, model: Any, tokenizer: Any, *, pad_token_id: int | None) -> tuple[Any, str]:
@@ -87,6 +97,7 @@ def build_served_model(spec: ModelSpec, *, cache_dir: Any, adapters: AdapterRegi
         context_length=loaded.context_length,
         vocab_size=engine.vocab_size,
         sampling_defaults=sampling_defaults(spec, loaded.generation_config),
+        model_max_tokens=model_max_tokens(spec, loaded.generation_config),
         details={
             "device": str(loaded.device),
             "dtype": str(loaded.dtype).removeprefix("torch."),
@@ -97,12 +108,13 @@ def build_served_model(spec: ModelSpec, *, cache_dir: Any, adapters: AdapterRegi
     gc.collect()
     release_free_memory()  # loading and the self-check leave freed heap behind
     logger.info(
-        "model %s ready in %.1f s: %s, context %d, %s engine, sampling defaults %s",
+        "model %s ready in %.1f s: %s, context %d, %s engine, default max tokens %s, sampling defaults %s",
         spec.name,
         time.monotonic() - started,
         pipeline.describe(),
         loaded.context_length,
         kind,
+        served.default_max_tokens or "the rest of the window",
         served.sampling_defaults or "OpenAI's",
     )
     return served

@@ -5,9 +5,11 @@ new column for every row at `end`; a row's valid columns are marked in `valid`, 
 different columns (a request that joins late puts its prompt just left of `end`) and may have holes.
 The attention mask handed to the model is a view of `valid`, so the model never sees other rows' data.
 
-Buffers are preallocated per layer as [rows, kv_heads, columns, head_dim] and grow by doubling, so a
-step writes one column in place instead of concatenating the whole cache (what DynamicCache does);
-never past what the active rows can still use (`lookahead`, set by the engine from their budgets).
+Buffers are preallocated per layer as [rows, kv_heads, columns, head_dim], so a step writes one column
+in place instead of concatenating the whole cache (what DynamicCache does). Columns grow by a quarter
+(never past what the active rows can still use: `lookahead`, set by the engine from their budgets);
+rows grow in powers of two from one, and shrink to the active rows whenever columns grow. A single
+long generation so holds at most ~1.25x its own KV (it held 4 rows x doubled columns: up to 8x).
 Active rows are kept compact in [0, rows): a finished row is replaced by the last one (one row copy).
 Columns left of every active row's start are reclaimed by shifting the window when the buffer is full.
 """
@@ -20,7 +22,11 @@ from transformers.cache_utils import Cache, DynamicLayer
 from gateway.engine.speed import release_free_memory
 
 MIN_COLUMNS = 64
-MIN_ROWS = 4
+MIN_ROWS = 1  # a lone request holds one row, not four: at 4000 tokens of SmolLM2-135M that was +540 MB
+GROWTH_DIVISOR = 4  # a full buffer grows by a quarter of its columns: ≤ 25% spare, ~4 copies amortized
+# Growing frees each old layer buffer after copying it; glibc keeps freed heap resident until trimmed,
+# so large ones are trimmed one by one (1500 tokens, 95.6 MiB of KV: peak +121 MiB, +98.5 trimmed per layer).
+TRIM_EACH_BYTES = 1 << 20
 KEEP_IDLE_BYTES = 4 << 20  # an emptied cache keeps buffers up to this size for the next request
 COLUMN_ALIGN = 16
 
@@ -96,8 +102,8 @@ class BatchKVCache(Cache):
         return self.keys[layer_idx], self.values[layer_idx]
 
     def _resize(self, rows: int, cols: int) -> None:
-        """Grow (never shrink below the data) to rows x cols, keeping active rows and the column window."""
-        rows, cols = max(rows, self.row_capacity), max(cols, self.col_capacity)
+        """Reallocate to rows x cols (never below the active rows and columns), keeping their data."""
+        rows, cols = max(rows, self.rows, 1), max(cols, self.end)
         if rows == self.row_capacity and cols == self.col_capacity:
             return
         keep_r, keep_c = self.rows, self.end
@@ -108,18 +114,24 @@ class BatchKVCache(Cache):
                 new = torch.zeros((rows, old.shape[1], cols, old.shape[3]), dtype=old.dtype, device=old.device)
                 new[:keep_r, :, :keep_c] = old[:keep_r, :, :keep_c]
                 store[i] = new
+                big = old.nbytes >= TRIM_EACH_BYTES
+                del old
+                if big:  # its pages go back now: else every old layer stays resident until the last is copied
+                    release_free_memory()
         valid = torch.zeros(rows, cols, dtype=torch.bool, device=self.device)
         valid[:keep_r, :keep_c] = self.valid[:keep_r, :keep_c]
         self.valid = valid
         for name in ("positions", "tokens"):
             old = getattr(self, name)
             new = torch.zeros(rows, dtype=torch.long, device=self.device)
-            new[: old.shape[0]] = old
+            kept = min(rows, old.shape[0])
+            new[:kept] = old[:kept]
             setattr(self, name, new)
+        del self.row_start[rows:]
         self.row_start.extend([0] * (rows - len(self.row_start)))
         self.row_capacity, self.col_capacity = rows, cols
         if any(buf is not None for buf in self.keys):
-            release_free_memory()  # the old buffers' pages go back now, not at the next idle moment
+            release_free_memory()
 
     def _move_columns(self, shift: int) -> None:
         """Move the active window [start, end) by `shift` columns (negative = left) for the active rows."""
@@ -138,8 +150,12 @@ class BatchKVCache(Cache):
             self.row_start[r] += shift
         self.start, self.end = dst0, src1 + shift
 
-    def _ensure_columns(self, needed_end: int) -> None:
-        """Make room up to column `needed_end` (exclusive): reclaim dead columns on the left, then grow."""
+    def _ensure_columns(self, needed_end: int, rows: int | None = None) -> None:
+        """Make room up to column `needed_end` (exclusive): reclaim dead columns on the left, then grow.
+
+        Growing copies everything anyway, so row capacity left over from a larger batch goes in the
+        same copy: it becomes `rows` (default: the active rows, rounded up to a power of two).
+        """
         if needed_end <= self.col_capacity:
             return
         if self.start > 0:
@@ -147,12 +163,14 @@ class BatchKVCache(Cache):
             self._move_columns(-shift)
             needed_end -= shift
         if needed_end > self.col_capacity:
-            self._resize(self.row_capacity, self._columns_for(needed_end, self.end))
+            rows = rows if rows is not None else _pow2(self.rows, MIN_ROWS)
+            self._resize(rows, self._columns_for(needed_end, self.end))
 
     def _columns_for(self, needed_end: int, end: int) -> int:
-        """Capacity to grow to: double, but not past `end + lookahead`, the last column any active row
-        can still write (a 64-token answer after a 44-token prompt needs 112 columns, not 128)."""
-        size = _pow2(needed_end, MIN_COLUMNS)
+        """Capacity to grow to: a quarter more, but not past `end + lookahead`, the last column any active
+        row can still write (a 64-token answer after a 44-token prompt needs 112 columns, not 128)."""
+        grown = self.col_capacity + max(self.col_capacity // GROWTH_DIVISOR, MIN_COLUMNS)
+        size = _round_up(max(needed_end, grown), COLUMN_ALIGN)
         if self.lookahead:
             size = min(size, max(needed_end, _round_up(end + self.lookahead, COLUMN_ALIGN)))
         return size
@@ -184,11 +202,13 @@ class BatchKVCache(Cache):
         if self.rows == 0:
             self.start = self.end = 0
             self.valid.zero_()
-        self._ensure_columns(self.end + 1)
+        rows = max(self.row_capacity, _pow2(self.rows + n, MIN_ROWS))
+        self._ensure_columns(self.end + 1, rows)
         if self.end < q:  # the prompts need q columns left of `end`: move the window right
-            self._resize(self.row_capacity, self._columns_for(q + 1, q))
+            if self.col_capacity < q + 1:
+                self._resize(rows, self._columns_for(q + 1, q))
             self._move_columns(q - self.end)
-        self._resize(_pow2(self.rows + n, MIN_ROWS), self.col_capacity)
+        self._resize(rows, self.col_capacity)
 
     def begin_shared_prefix(self, lengths: list[int], shared: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Lay out the new rows and target the shared prefix of the first one: (position_ids, mask)."""

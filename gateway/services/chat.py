@@ -108,9 +108,7 @@ class ChatService:
         except (TypeError, ValueError) as exc:  # a template choking on an odd message shape
             raise InvalidRequestError(f"Could not render the messages with the chat template: {exc}") from exc
         requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-        max_new_tokens = budget(
-            len(prompt_ids), requested, served, default_cap=self.settings.default_max_tokens, noun="messages"
-        )
+        max_new_tokens = budget(len(prompt_ids), requested, served, noun="messages")
         starts_in_reasoning = prompt.mode.reasoning and served.pipeline.decode(
             prompt_ids[-8:], skip_special_tokens=False
         ).rstrip().endswith("<think>")

@@ -108,9 +108,7 @@ class CompletionService:
         stops = normalize_stop(req.stop, self.settings.max_stop_sequences)
         prompts = []
         for text, ids in self._prompts(req, served):
-            max_new = budget(
-                len(ids), req.max_tokens, served, default_cap=self.settings.default_max_tokens, noun="prompt"
-            )
+            max_new = budget(len(ids), req.max_tokens, served, noun="prompt")
             prompts.append(PromptInput(text=text, ids=ids, max_new_tokens=max_new))
         reserve(served.engine, len(prompts) * (req.n or 1))  # admission control: 429 before any stream starts
         return CompletionPlan(

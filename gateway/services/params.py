@@ -27,11 +27,11 @@ class SamplingFields:
     skip_special_tokens: bool | None = True
 
 
-def budget(
-    prompt_tokens: int, requested: int | None, served: ServedModel, *, default_cap: int | None, noun: str
-) -> int:
-    """max_new_tokens for a prompt: the request's value if it fits, else the rest of the window."""
+def budget(prompt_tokens: int, requested: int | None, served: ServedModel, *, noun: str) -> int:
+    """max_new_tokens for a prompt: the request's value if it fits; without one the model's default
+    cap (`ServedModel.default_max_tokens`), shortened to the rest of the window."""
     context = served.context_length
+    default_cap = served.default_max_tokens
     if requested is None:
         remaining = context - prompt_tokens
         if remaining <= 0:

@@ -97,7 +97,7 @@ def test_request_id_echo_and_models(server: RunningServer) -> None:
     detail = httpx.get(f"{server.base_url}/models/{MODEL}", timeout=10).json()
     assert detail["id"] == MODEL and detail["details"]["family"] == "smollm2"
     assert detail["max_model_len"] == 8192
-    assert detail["details"]["sampling_defaults"] == {"temperature": 0.2, "top_p": 0.9}
+    assert detail["details"]["sampling_defaults"] == {"temperature": 0.2, "top_p": 0.9, "repetition_penalty": 1.1}
     assert httpx.get(f"{server.base_url}/models/org/missing", timeout=10).status_code == 404
     assert httpx.get(f"{server.url}/docs", timeout=10).status_code == 200
     assert httpx.get(f"{server.url}/health/ready", timeout=10).json()["status"] == "ready"

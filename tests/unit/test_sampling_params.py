@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.engine.factory import model_max_tokens
 from gateway.engine.fake import FakeEngine
-from tests.unit.helpers import QWEN_EOS, make_settings, open_gateway, qwen_pipeline, sse_events
+from gateway.models import ServedModel
+from gateway.services.params import budget
+from gateway.settings import EMBEDDED_DEFAULT_MAX_TOKENS, EMBEDDED_MODEL, ModelSpec, Settings
+from tests.unit.helpers import MODEL, QWEN_EOS, make_settings, open_gateway, qwen_pipeline, sse_events
 
 pytestmark = pytest.mark.anyio
 
@@ -31,6 +35,49 @@ async def test_default_max_tokens_setting_caps_budget():
         assert p.max_new_tokens == 7
         [p] = await params_for(gw, max_tokens=20)
         assert p.max_new_tokens == 20
+        await gw.completion(prompt="x", max_tokens=None)  # an explicit null: the model's cap, not the window
+        assert gw.engine.requests[-1].params.max_new_tokens == 7
+        await gw.completion(prompt="x")  # unset: OpenAI's 16 stays the completions default
+        assert gw.engine.requests[-1].params.max_new_tokens == 16
+        card = (await gw.client.get(f"/v1/models/{MODEL}")).json()
+        assert card["details"]["default_max_tokens"] == 7
+
+
+def model_with_caps(spec_cap: int | None, model_cap: int | None) -> ServedModel:
+    spec = ModelSpec(name="m", source="x", default_max_tokens=spec_cap)
+    return ServedModel(
+        spec, qwen_pipeline(), FakeEngine(), context_length=100, vocab_size=10, model_max_tokens=model_cap
+    )
+
+
+def test_the_spec_cap_wins_over_the_models_own_and_zero_means_the_window():
+    assert budget(10, None, model_with_caps(None, None), noun="prompt") == 90  # no cap anywhere: the rest
+    assert budget(10, None, model_with_caps(None, 30), noun="prompt") == 30  # the model's own (e.g. embedded)
+    assert budget(10, None, model_with_caps(50, 30), noun="prompt") == 50  # the setting wins
+    assert budget(10, None, model_with_caps(0, 30), noun="prompt") == 90  # 0 = the whole window
+    assert budget(80, None, model_with_caps(None, 30), noun="prompt") == 20  # a cap never passes the window
+    assert budget(10, 70, model_with_caps(None, 30), noun="prompt") == 70  # the request's own value wins
+    assert model_with_caps(0, 30).describe()["default_max_tokens"] is None
+
+
+def test_embedded_model_gets_a_small_cap_and_generation_config_is_read():
+    embedded = ModelSpec(name="e", source=EMBEDDED_MODEL)
+    assert model_max_tokens(embedded, {}) == EMBEDDED_DEFAULT_MAX_TOKENS <= 512
+    assert model_max_tokens(ModelSpec(name="o", source="org/other"), {}) is None
+    assert model_max_tokens(ModelSpec(name="o", source="org/other"), {"max_new_tokens": 300, "max_length": 20}) == 300
+
+
+def test_models_file_entries_fall_back_to_the_server_wide_cap(tmp_path):
+    path = tmp_path / "models.yaml"
+    path.write_text(
+        "models:\n  - {name: a, source: embedded, default_max_tokens: 64}\n  - {name: b, source: /m/b}\n",
+        encoding="utf-8",
+    )
+    specs = Settings(_env_file=None, models_file=path, default_max_tokens=500).model_specs()
+    assert [s.default_max_tokens for s in specs] == [64, 500]
+    specs = Settings(_env_file=None, models_file=path).model_specs()
+    assert [s.default_max_tokens for s in specs] == [64, None]
+    assert Settings(_env_file=None, default_max_tokens=9).single_model_spec().default_max_tokens == 9
 
 
 async def test_temperature_zero_is_greedy(gw):

@@ -200,7 +200,7 @@ def test_sampling_defaults_precedence():
     spec = ModelSpec(name="m", source="/m", sampling={"temperature": 0.1})
     assert sampling_defaults(spec, authors) == {"temperature": 0.1, "top_p": 0.95}
     embedded = ModelSpec(name="m", source="embedded")
-    assert sampling_defaults(embedded, {}) == {"temperature": 0.2, "top_p": 0.9}  # SmolLM2's model card
+    assert sampling_defaults(embedded, {}) == {"temperature": 0.2, "top_p": 0.9, "repetition_penalty": 1.1}
     assert sampling_defaults(embedded.model_copy(update={"sampling": spec.sampling}), {})["temperature"] == 0.1
 
 
