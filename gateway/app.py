@@ -10,7 +10,12 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from gateway.errors import install_error_handlers
-from gateway.middleware import JSONBodyMiddleware, RequestContextMiddleware
+from gateway.middleware import (
+    BodySizeLimitMiddleware,
+    EnvelopeCORSMiddleware,
+    JSONContentTypeMiddleware,
+    RequestContextMiddleware,
+)
 from gateway.registry import ModelFactory, ModelRegistry
 from gateway.routes import chat, completions, health, models
 from gateway.services.chat import ChatService
@@ -56,6 +61,24 @@ def create_app(settings: Settings | None = None, *, factory: ModelFactory | None
     install_error_handlers(app)
     for module in (chat, completions, models, health):
         app.include_router(module.router)
-    app.add_middleware(JSONBodyMiddleware)
-    app.add_middleware(RequestContextMiddleware)  # outermost: sees every response
+    install_middleware(app, settings)
     return app
+
+
+def install_middleware(app: FastAPI, settings: Settings) -> None:
+    """Added innermost first: the body checks run before routing; CORS wraps them so a browser can read
+    their errors; the request context wraps everything."""
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(JSONContentTypeMiddleware)
+    if settings.cors_origins:
+        # No cookies or other credentials: keys travel in headers, which CORS allows without them,
+        # and a wildcard origin must never be combined with credentials.
+        app.add_middleware(
+            EnvelopeCORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["*"],
+            allow_credentials=False,
+            expose_headers=["x-request-id", "retry-after"],
+        )
+    app.add_middleware(RequestContextMiddleware)  # outermost: sees every response

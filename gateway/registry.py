@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -33,8 +34,14 @@ class ModelEntry:
     spec: ModelSpec
     state: ModelState = ModelState.LOADING
     served: ServedModel | None = None
-    error: str | None = None
+    error: str | None = None  # the load failure's detail: for the log only, it may hold paths
+    error_ref: str | None = None  # names the failure in the log; what clients get instead of the detail
     created: int = field(default_factory=lambda: int(time.time()))
+
+    def public_error(self) -> str | None:
+        if self.error is None:
+            return None
+        return f"The model failed to load (error ref {self.error_ref}; the server log has the details)."
 
 
 class ModelRegistry:
@@ -59,7 +66,8 @@ class ModelRegistry:
                 entry.served = await asyncio.to_thread(self._factory, entry.spec)
                 entry.state = ModelState.READY
             except Exception as exc:  # a broken model must not take the server down
-                logger.exception("model %s failed to load", entry.spec.name)
+                entry.error_ref = uuid.uuid4().hex[:12]
+                logger.exception("model %s failed to load (error ref %s)", entry.spec.name, entry.error_ref)
                 entry.state, entry.error = ModelState.FAILED, f"{type(exc).__name__}: {exc}"
 
     def find(self, model_id: str | None) -> ModelEntry:
@@ -67,9 +75,11 @@ class ModelRegistry:
             return self.default
         entry = self._by_id.get(model_id)
         if entry is None:
+            # Echo only the client's own id (cut short), never the list of ids: GET /v1/models is the
+            # place to see what this caller may use.
+            shown = model_id if len(model_id) <= 200 else model_id[:200] + "…"
             raise ModelNotFoundError(
-                f"The model `{model_id}` does not exist. Available: {', '.join(sorted(self._by_id))}.",
-                param="model",
+                f"The model `{shown}` does not exist. GET /v1/models lists the available models.", param="model"
             )
         return entry
 
@@ -80,7 +90,10 @@ class ModelRegistry:
             raise ModelNotReadyError(f"The model `{entry.spec.name}` is still loading; retry shortly.")
         if entry.state is ModelState.FAILED or entry.served is None:
             raise ModelNotReadyError(
-                f"The model `{entry.spec.name}` failed to load: {entry.error}", retry_after=60, permanent=True
+                f"The model `{entry.spec.name}` failed to load (error ref {entry.error_ref}; the server log has "
+                "the details).",
+                retry_after=60,
+                permanent=True,
             )
         return (model_id or entry.spec.name), entry.served
 
