@@ -122,8 +122,9 @@ class BodySizeLimitMiddleware:
         self.app = app
         self.max_bytes = max_bytes
 
-    def _too_large(self, size: str) -> PayloadTooLargeError:
-        return PayloadTooLargeError(f"Request body is too large ({size}; the limit is {self.max_bytes} bytes).")
+    def _too_large(self, declared: int | None = None) -> PayloadTooLargeError:
+        size = f" of {declared} bytes" if declared is not None else ""
+        return PayloadTooLargeError(f"Request body{size} exceeds the limit of {self.max_bytes} bytes.")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -133,7 +134,7 @@ class BodySizeLimitMiddleware:
         length = headers.get("content-length")
         if length is not None:
             if length.isdigit() and int(length) > self.max_bytes:
-                await send_error(send, self._too_large(f"{int(length)} bytes"))
+                await send_error(send, self._too_large(int(length)))
                 return
             await self.app(scope, receive, send)  # the server holds the body to its declared length
             return
@@ -149,7 +150,7 @@ class BodySizeLimitMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                await send_error(send, self._too_large(f"over {self.max_bytes} bytes"))
+                await send_error(send, self._too_large())
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
