@@ -176,14 +176,16 @@ class Settings(BaseSettings):
     max_prompt_chars: int = Field(
         default=500_000,
         ge=1,
-        description="Most prompt characters per request (chat messages' text, or all completion prompts); "
+        description="Most prompt characters per request (chat messages' text and tools, or all completion "
+        "prompts); "
         "beyond → 400 before tokenizing. Raise it for long-context models.",
     )
     max_tools: int = Field(default=128, ge=0, description="Most `tools` a chat request may offer (OpenAI: 128).")
     max_schema_bytes: int = Field(
         default=64 << 10,
         ge=64,
-        description="Largest JSON schema in bytes (`response_format` schema; all `tools` together).",
+        description="Largest JSON schema in bytes (a `response_format` schema; the tool schemas a `tool_choice` "
+        "of required or a named function turns into a grammar).",
     )
     max_schema_enum: int = Field(
         default=1000, ge=1, description="Most `enum` values in one schema, all enums together (OpenAI: 1000)."

@@ -44,7 +44,8 @@ def check_stop_lengths(stop: str | list[str] | None, settings: Settings) -> None
 def _prompt_chars(total: int, settings: Settings, param: str) -> None:
     if total > settings.max_prompt_chars:
         raise LimitExceededError(
-            f"The {param} have {total} characters, which exceeds the limit of {settings.max_prompt_chars}.",
+            f"The prompt ({param}{' and tools' if param == 'messages' else ''}) has {total} characters, which "
+            f"exceeds the limit of {settings.max_prompt_chars}.",
             param=param,
         )
 
@@ -58,10 +59,11 @@ def _message_chars(message: ChatMessage) -> int:
     return chars
 
 
-def schema_shape(schema: Any, settings: Settings, param: str) -> None:
+def schema_shape(schema: Any, settings: Settings, param: str, *, depth_only: bool = False) -> None:
     """Nesting depth, enum values, properties and size of a JSON schema, counted without recursion (a
     schema nested thousands deep must not overflow the stack before it is refused) and refused as soon
-    as a count passes its bound (a 5 MB enum is not walked value by value)."""
+    as a count passes its bound (a 5 MB enum is not walked value by value). `depth_only` for JSON that
+    is rendered into the prompt but never compiled."""
     enums = properties = 0
     stack: list[tuple[Any, int]] = [(schema, 1)]
     while stack:
@@ -71,7 +73,7 @@ def schema_shape(schema: Any, settings: Settings, param: str) -> None:
                 f"The {param} schema is nested deeper than the limit of {settings.max_schema_depth} levels.",
                 param=param,
             )
-        if isinstance(node, dict):
+        if isinstance(node, dict) and not depth_only:
             enums += len(node["enum"]) if isinstance(node.get("enum"), list) else 0
             properties += len(node["properties"]) if isinstance(node.get("properties"), dict) else 0
             if enums > settings.max_schema_enum:
@@ -86,12 +88,15 @@ def schema_shape(schema: Any, settings: Settings, param: str) -> None:
                     "exceeds the limit.",
                     param=param,
                 )
+        if isinstance(node, dict):
             children: Any = node.values()
         elif isinstance(node, list):
             children = node
         else:
             continue
         stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    if depth_only:
+        return
     size = len(json.dumps(schema, separators=(",", ":")))  # after the depth check: json.dumps recurses
     if size > settings.max_schema_bytes:
         raise LimitExceededError(
@@ -100,13 +105,31 @@ def schema_shape(schema: Any, settings: Settings, param: str) -> None:
         )
 
 
+def _forced_tool_schemas(req: ChatCompletionRequest) -> list[Any] | None:
+    """The tool parameter schemas that become a grammar: every tool's for "required", the named one's."""
+    functions = [tool.get("function") for tool in req.tools or []]
+    functions = [f for f in functions if isinstance(f, dict)]
+    choice = req.tool_choice
+    if choice == "required":
+        return [f.get("parameters") for f in functions]
+    if isinstance(choice, dict) and isinstance(choice.get("function"), dict):
+        name = choice["function"].get("name")
+        return [f.get("parameters") for f in functions if f.get("name") == name]
+    return None
+
+
 def check_chat_limits(req: ChatCompletionRequest, settings: Settings) -> None:
     check_stop_lengths(req.stop, settings)
-    _prompt_chars(sum(_message_chars(m) for m in req.messages), settings, "messages")
+    tools_chars = 0
     if req.tools:
         if len(req.tools) > settings.max_tools:
             raise LimitExceededError(f"{len(req.tools)} tools exceed the limit of {settings.max_tools}.", param="tools")
-        schema_shape(req.tools, settings, "tools")
+        schema_shape(req.tools, settings, "tools", depth_only=True)
+        forced = _forced_tool_schemas(req)
+        if forced:
+            schema_shape(forced, settings, "tools")
+        tools_chars = len(json.dumps(req.tools))  # the template renders them into the prompt
+    _prompt_chars(sum(_message_chars(m) for m in req.messages) + tools_chars, settings, "messages")
     if req.response_format:
         schema_shape(req.response_format, settings, "response_format")
 

@@ -235,6 +235,24 @@ async def test_schema_shape_is_bounded_before_any_compile(gw):
     assert served.grammar is None
 
 
+async def test_offered_tools_count_as_prompt_text_and_only_forced_ones_as_schemas():
+    """Agents offer many tools: with tool_choice auto they are prompt text (never compiled), so only a
+    forced choice (required, or a named tool) is held to the schema limits."""
+    tools = [
+        _tool(f"f{i}", {"type": "object", "properties": {f"p{j}": {"type": "string"} for j in range(10)}})
+        for i in range(40)
+    ]
+    async with open_gateway(settings=make_settings(max_schema_properties=50), context_length=32768) as gw:
+        assert (await gw.chat(tools=tools)).status_code == 200  # 400 properties, offered
+        assert_envelope(await gw.chat(tools=tools, tool_choice="required"), 400, param="tools", code="limit_exceeded")
+        named = {"type": "function", "function": {"name": "f3"}}
+        r = await gw.chat(tools=tools, tool_choice=named)
+        assert r.status_code == 200, r.text  # 10 properties compiled
+    async with open_gateway(settings=make_settings(max_prompt_chars=1000)) as gw:
+        error = assert_envelope(await gw.chat(tools=tools), 400, param="messages", code="limit_exceeded")
+        assert "tools" in error["message"]
+
+
 async def test_schema_limits_are_settings():
     settings = make_settings(max_schema_enum=3, max_schema_depth=6, max_schema_properties=2, max_schema_bytes=200)
     async with open_gateway(settings=settings) as gw:
