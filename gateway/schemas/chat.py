@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_serializer
 
-from gateway.schemas.common import Bool, GenerationRequest, Int, Usage, WireModel
+from gateway.schemas.common import Bool, GenerationRequest, OptionalInt, Usage, WireModel
 
 
 class ContentPart(WireModel):
@@ -35,10 +35,10 @@ class ChatMessage(WireModel):
 
 class ChatCompletionRequest(GenerationRequest):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: Int | None = Field(default=None, ge=1)
-    max_completion_tokens: Int | None = Field(default=None, ge=1)
+    max_tokens: OptionalInt = Field(default=None, ge=1)
+    max_completion_tokens: OptionalInt = Field(default=None, ge=1)
     logprobs: Bool | None = False
-    top_logprobs: Int | None = Field(default=None, ge=0, le=20)
+    top_logprobs: OptionalInt = Field(default=None, ge=0, le=20)
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: Bool | None = None

@@ -36,6 +36,10 @@ def _number(kind: str):
 
 Int = Annotated[int, _number("integer")]
 Float = Annotated[float, _number("number")]
+# The check wraps the whole optional type, so a Field's ge/le still reach the OpenAPI schema as
+# minimum/maximum (on `Int | None` pydantic would write them as unknown "ge"/"le" keys).
+OptionalInt = Annotated[int | None, _number("integer")]
+OptionalFloat = Annotated[float | None, _number("number")]
 Bool = Annotated[bool, Strict()]
 
 
@@ -128,23 +132,23 @@ class GenerationRequest(OpenAIRequest):
     """Fields chat and text completions share: sampling, stops, streaming, and the vLLM extras."""
 
     model: str | None = None
-    temperature: Float | None = Field(default=None, ge=0, le=2)
-    top_p: Float | None = Field(default=None, gt=0, le=1)
-    n: Int | None = Field(default=1, ge=1, le=128)
+    temperature: OptionalFloat = Field(default=None, ge=0, le=2)
+    top_p: OptionalFloat = Field(default=None, gt=0, le=1)
+    n: OptionalInt = Field(default=1, ge=1, le=128)
     # int64 as in OpenAI's spec and vLLM; with n ≤ 128 every per-choice seed (seed + i) still fits
     # the [-2**63, 2**64 - 1] that torch.Generator.manual_seed accepts.
-    seed: Int | None = Field(default=None, ge=INT64_MIN, le=INT64_MAX)
+    seed: OptionalInt = Field(default=None, ge=INT64_MIN, le=INT64_MAX)
     stop: str | list[str] | None = Field(default=None, description="Up to max_stop_sequences strings; trimmed.")
-    presence_penalty: Float | None = Field(default=None, ge=-2, le=2)
-    frequency_penalty: Float | None = Field(default=None, ge=-2, le=2)
+    presence_penalty: OptionalFloat = Field(default=None, ge=-2, le=2)
+    frequency_penalty: OptionalFloat = Field(default=None, ge=-2, le=2)
     logit_bias: dict[str, Float] | None = None
     stream: Bool | None = False
     stream_options: StreamOptions | None = None
     user: str | None = None
     # vLLM-style extras users copy from vLLM examples.
-    top_k: Int | None = Field(default=None, ge=-1)
-    min_p: Float | None = Field(default=None, ge=0, le=1)
-    repetition_penalty: Float | None = Field(default=None, gt=0)
+    top_k: OptionalInt = Field(default=None, ge=-1)
+    min_p: OptionalFloat = Field(default=None, ge=0, le=1)
+    repetition_penalty: OptionalFloat = Field(default=None, gt=0)
     stop_token_ids: list[Int] | None = None
     ignore_eos: Bool | None = False
     skip_special_tokens: Bool | None = True

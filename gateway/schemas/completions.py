@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from gateway.schemas.common import Bool, GenerationRequest, Int, Usage
+from gateway.schemas.common import Bool, GenerationRequest, Int, OptionalInt, Usage
 
 PromptField = str | list[str] | list[Int] | list[list[Int]]
 
@@ -14,9 +14,9 @@ PromptField = str | list[str] | list[Int] | list[list[Int]]
 class CompletionRequest(GenerationRequest):
     prompt: PromptField
     suffix: str | None = None
-    max_tokens: Int | None = Field(default=16, ge=0)
-    best_of: Int | None = Field(default=None, ge=1, le=20)
-    logprobs: Int | None = Field(default=None, ge=0, le=20)
+    max_tokens: OptionalInt = Field(default=16, ge=0)
+    best_of: OptionalInt = Field(default=None, ge=1, le=20)
+    logprobs: OptionalInt = Field(default=None, ge=0, le=20)
     echo: Bool | None = False
 
 
