@@ -12,7 +12,12 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from gateway.errors import install_error_handlers
-from gateway.middleware import JSONBodyMiddleware, RequestContextMiddleware
+from gateway.middleware import (
+    BodySizeLimitMiddleware,
+    EnvelopeCORSMiddleware,
+    JSONContentTypeMiddleware,
+    RequestContextMiddleware,
+)
 from gateway.openapi import install_openapi
 from gateway.registry import ModelFactory, ModelRegistry
 from gateway.routes import chat, completions, health, models
@@ -72,7 +77,27 @@ def create_app(settings: Settings | None = None, *, factory: ModelFactory | None
     for module in (chat, completions, models, health):
         app.include_router(module.router)
     install_openapi(app)
-    app.add_middleware(JSONBodyMiddleware)
-    app.add_middleware(ShutdownMiddleware, shutdown=shutdown)  # inside RequestContext: its 503s get an x-request-id
-    app.add_middleware(RequestContextMiddleware)  # outermost: sees every response
+    install_middleware(app, settings)
     return app
+
+
+def install_middleware(app: FastAPI, settings: Settings) -> None:
+    """Added innermost first: the body checks run before routing; CORS wraps them so a browser can read
+    their errors; the request context wraps everything."""
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(JSONContentTypeMiddleware)
+    # While draining, new requests get a 503 envelope (inside CORS and RequestContext: a browser can read
+    # it and it carries an x-request-id).
+    app.add_middleware(ShutdownMiddleware, shutdown=app.state.shutdown)
+    if settings.cors_origins:
+        # No cookies or other credentials: keys travel in headers, which CORS allows without them,
+        # and a wildcard origin must never be combined with credentials.
+        app.add_middleware(
+            EnvelopeCORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["*"],
+            allow_credentials=False,
+            expose_headers=["x-request-id", "retry-after"],
+        )
+    app.add_middleware(RequestContextMiddleware)  # outermost: sees every response

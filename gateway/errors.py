@@ -3,7 +3,10 @@
     GatewayError                        500 server_error
     ├── InvalidRequestError             400 invalid_request_error
     │   ├── ContextLengthExceededError  400 code=context_length_exceeded
+    │   ├── LimitExceededError          400 code=limit_exceeded (a configured bound; retrying cannot help)
     │   └── UnsupportedParameterError   400 code=unsupported_parameter
+    ├── PayloadTooLargeError            413 code=request_too_large (body over max_body_bytes)
+    ├── UnsupportedMediaTypeError       415 code=unsupported_media_type (body not sent as JSON)
     ├── ModelNotFoundError              404 code=model_not_found
     ├── ModelNotReadyError              503 (loading or failed), Retry-After
     ├── OverloadedError                 429 code=overloaded (too many running + queued), Retry-After
@@ -61,6 +64,24 @@ class ContextLengthExceededError(InvalidRequestError):
 
 class UnsupportedParameterError(InvalidRequestError):
     default_code = "unsupported_parameter"
+
+
+class LimitExceededError(InvalidRequestError):
+    """A request beyond a configured bound (prompt size, schema size, n beyond capacity, ...)."""
+
+    default_code = "limit_exceeded"
+
+
+class PayloadTooLargeError(GatewayError):
+    status_code = 413
+    error_type = "invalid_request_error"
+    default_code = "request_too_large"
+
+
+class UnsupportedMediaTypeError(GatewayError):
+    status_code = 415
+    error_type = "invalid_request_error"
+    default_code = "unsupported_media_type"
 
 
 class ModelNotFoundError(GatewayError):

@@ -1,4 +1,8 @@
-"""Pure ASGI middleware (no BaseHTTPMiddleware: it breaks streaming and disconnect detection)."""
+"""Pure ASGI middleware (no BaseHTTPMiddleware: it breaks streaming and disconnect detection).
+
+Outermost first: RequestContextMiddleware (request id, last-resort 500) → CORS (when configured) →
+JSONContentTypeMiddleware (415) → BodySizeLimitMiddleware (413) → the app.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,30 @@ import json
 import logging
 import uuid
 
+from starlette.datastructures import Headers
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.errors import error_body
+from gateway.errors import GatewayError, PayloadTooLargeError, UnsupportedMediaTypeError, error_body
+from gateway.logsafe import printable
 
 logger = logging.getLogger(__name__)
+
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+async def send_error(send: Send, exc: GatewayError) -> None:
+    """Answer with the OpenAI envelope straight from a middleware (the app never sees the request)."""
+    body = json.dumps(exc.to_dict()).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers().items()]
+    await send({"type": "http.response.start", "status": exc.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _has_body(headers: Headers) -> bool:
+    return headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
 
 
 class RequestContextMiddleware:
@@ -40,31 +63,122 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         except Exception:
-            logger.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            # The path is percent-decoded client text: escaped, so it cannot start a forged log line.
+            logger.exception(
+                "unhandled error on %s %s (request id %s)",
+                scope.get("method"),
+                printable(scope.get("path")),
+                printable(request_id),
+            )
             if started:
                 raise
-            body = json.dumps(error_body("Internal server error.", "server_error")).encode()
-            await send_with_id(
-                {
-                    "type": "http.response.start",
-                    "status": 500,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
+            # No exception text to the client: the log has it, the request id finds it there.
+            error = GatewayError(f"Internal server error (request id {request_id}).")
+            await send_error(send_with_id, error)
 
 
-class JSONBodyMiddleware:
-    """POST bodies are JSON whatever Content-Type says: `curl -d '{...}'` sends form-urlencoded,
-    and users of OpenAI-compatible servers expect that to work."""
+class JSONContentTypeMiddleware:
+    """A request body must be declared as JSON (`application/json` or `application/*+json`) → else 415.
+
+    The type is checked, not guessed: a browser page may send a cross-origin "simple" request (no CORS
+    preflight) with `text/plain`, form types, or no Content-Type at all (a fetch() of an ArrayBuffer or
+    an untyped Blob), but never with `application/json` without the page's origin passing a preflight.
+    So a missing Content-Type is refused too, unlike FastAPI (and vLLM), which parse an untyped body as
+    JSON; every real client (openai SDK, LangChain, httpx/requests `json=`) sends the header.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope.get("method") == "POST":
-            headers = [(k, v) for k, v in scope.get("headers") or [] if k != b"content-type"]
-            declared = dict(scope.get("headers") or []).get(b"content-type", b"")
-            if b"json" not in declared:
-                scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
+        if scope["type"] == "http" and scope.get("method") in BODY_METHODS:
+            headers = Headers(scope=scope)
+            declared = headers.get("content-type")
+            if _has_body(headers) and not _is_json(declared):
+                got = f"got {declared[:100]!r}" if declared else "none was sent"
+                await send_error(
+                    send,
+                    UnsupportedMediaTypeError(
+                        f"Request bodies must be JSON with 'Content-Type: application/json' ({got})."
+                    ),
+                )
+                return
         await self.app(scope, receive, send)
+
+
+def _is_json(content_type: str | None) -> bool:
+    if not content_type:
+        return False
+    media = content_type.split(";", 1)[0].strip().lower()
+    kind, _, subtype = media.partition("/")
+    return kind == "application" and (subtype == "json" or subtype.endswith("+json"))
+
+
+class BodySizeLimitMiddleware:
+    """413 for a body over `max_bytes`, decided before the body is read: from Content-Length when it is
+    declared; a chunked body (no length) is read up to the limit, then refused or replayed to the app."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _too_large(self, declared: int | None = None) -> PayloadTooLargeError:
+        size = f" of {declared} bytes" if declared is not None else ""
+        return PayloadTooLargeError(f"Request body{size} exceeds the limit of {self.max_bytes} bytes.")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        length = headers.get("content-length")
+        if length is not None:
+            if length.isdigit() and int(length) > self.max_bytes:
+                await send_error(send, self._too_large(int(length)))
+                return
+            await self.app(scope, receive, send)  # the server holds the body to its declared length
+            return
+        if "transfer-encoding" not in headers:
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client left while sending
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await send_error(send, self._too_large())
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # later messages (http.disconnect) come from the server
+
+        await self.app(scope, replay, send)
+
+
+class EnvelopeCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS handling, with a refused preflight answered in the OpenAI envelope (not text)."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code < 400:
+            return response
+        headers = {k: v for k, v in response.headers.items() if k not in ("content-type", "content-length")}
+        message = f"{bytes(response.body).decode()} (allowed origins are set with GANTRY_CORS_ORIGINS)."
+        return JSONResponse(
+            error_body(message, "invalid_request_error", None, "cors_disallowed"),
+            status_code=response.status_code,
+            headers=headers,
+        )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -35,8 +36,14 @@ class ModelEntry:
     spec: ModelSpec
     state: ModelState = ModelState.LOADING
     served: ServedModel | None = None
-    error: str | None = None
+    error: str | None = None  # the load failure's short cause, paths cut to their last part (load_failure_cause)
+    error_ref: str | None = None  # names the failure's full log line (paths, traceback) for the operator
     created: int = field(default_factory=lambda: int(time.time()))
+
+    def public_error(self) -> str | None:
+        if self.error is None:
+            return None
+        return f"The model failed to load: {self.error} (error ref {self.error_ref}; the server log has the details)."
 
 
 # An absolute POSIX or Windows path inside an exception message (up to whitespace or a quote).
@@ -86,10 +93,11 @@ class ModelRegistry:
                 entry.served = await to_daemon_thread(self._factory, entry.spec)
                 entry.state = ModelState.READY
             except Exception as exc:  # a broken model must not take the server down
+                entry.error_ref = uuid.uuid4().hex[:12]
                 if isinstance(exc, FileNotFoundError):  # the message says it all; a traceback would be noise
-                    logger.error("model %s failed to load: %s", entry.spec.name, exc)
+                    logger.error("model %s failed to load (error ref %s): %s", entry.spec.name, entry.error_ref, exc)
                 else:
-                    logger.exception("model %s failed to load", entry.spec.name)
+                    logger.exception("model %s failed to load (error ref %s)", entry.spec.name, entry.error_ref)
                 entry.state, entry.error = ModelState.FAILED, load_failure_cause(exc)
 
     def find(self, model_id: str | None) -> ModelEntry:
@@ -97,9 +105,11 @@ class ModelRegistry:
             return self.default
         entry = self._by_id.get(model_id)
         if entry is None:
+            # Echo only the client's own id (cut short), never the list of ids: GET /v1/models is the
+            # place to see what this caller may use.
+            shown = model_id if len(model_id) <= 200 else model_id[:200] + "…"
             raise ModelNotFoundError(
-                f"The model `{model_id}` does not exist. Available: {', '.join(sorted(self._by_id))}.",
-                param="model",
+                f"The model `{shown}` does not exist. GET /v1/models lists the available models.", param="model"
             )
         return entry
 
@@ -110,7 +120,9 @@ class ModelRegistry:
             raise ModelNotReadyError(f"The model `{entry.spec.name}` is still loading; retry shortly.")
         if entry.state is ModelState.FAILED or entry.served is None:
             raise ModelNotReadyError(
-                f"The model `{entry.spec.name}` failed to load: {entry.error}", retry_after=60, permanent=True
+                f"The model `{entry.spec.name}` is unavailable. {entry.public_error()}",
+                retry_after=60,
+                permanent=True,
             )
         return (model_id or entry.spec.name), entry.served
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 EMBEDDED_MODEL = "embedded"
 EMBEDDED_MODEL_NAME = "smollm2-135m-instruct"
@@ -190,6 +190,41 @@ class Settings(BaseSettings):
         "for the embedded model and the rest of the context window for others; 0 = the rest of the window.",
     )
     max_stop_sequences: int = Field(default=16, ge=1, description="Most `stop` strings a request may send.")
+    max_stop_chars: int = Field(default=256, ge=1, description="Longest `stop` string, in characters.")
+    max_body_bytes: int = Field(
+        default=8 << 20, ge=1024, description="Largest request body in bytes; beyond → 413 before it is read."
+    )
+    max_prompt_chars: int = Field(
+        default=500_000,
+        ge=1,
+        description="Most prompt characters per request (chat messages' text and tools, or all completion "
+        "prompts); "
+        "beyond → 400 before tokenizing. Raise it for long-context models.",
+    )
+    max_tools: int = Field(default=128, ge=0, description="Most `tools` a chat request may offer (OpenAI: 128).")
+    max_schema_bytes: int = Field(
+        default=64 << 10,
+        ge=64,
+        description="Largest JSON schema in bytes (a `response_format` schema; the tool schemas a `tool_choice` "
+        "of required or a named function turns into a grammar).",
+    )
+    max_schema_enum: int = Field(
+        default=1000, ge=1, description="Most `enum` values in one schema, all enums together (OpenAI: 1000)."
+    )
+    max_schema_properties: int = Field(
+        default=256,
+        ge=1,
+        description="Most `properties` entries in one schema, all objects together (optional properties make "
+        "grammar compilation grow quadratically).",
+    )
+    max_schema_depth: int = Field(
+        default=64, ge=4, description="Deepest nesting of a JSON schema, counting every object and array level."
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Browser origins allowed to call the API (CORS), comma-separated or a JSON list; "
+        "empty = none (default).",
+    )
     sse_ping_seconds: float = Field(
         default=15.0, gt=0, description="Comment ping interval on idle streams (keeps proxies open)."
     )
@@ -202,6 +237,14 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
 
     _sampling_json = field_validator("sampling", mode="before")(_json_object)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origin_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            return json.loads(text) if text.startswith("[") else [o.strip() for o in text.split(",") if o.strip()]
+        return value
 
     @field_validator("cache_dir", "models_file", "chat_template", mode="after")
     @classmethod
@@ -249,15 +292,25 @@ class Settings(BaseSettings):
         )
 
 
+def is_local_path(source: str) -> bool:
+    """A filesystem path (absolute, ~ or ./-relative, a .gguf file, or anything on disk), not a Hub id."""
+    if source == EMBEDDED_MODEL:
+        return False
+    path = Path(source).expanduser()
+    return source.startswith(("/", "~", ".", "\\")) or path.is_absolute() or path.suffix == ".gguf" or path.exists()
+
+
 def default_model_name(source: str) -> str:
+    """The id a model gets without --served-model-name: never a filesystem path (clients see ids in
+    /v1/models, 404s and /health/ready), so a local model is named after its directory or file."""
     if source == EMBEDDED_MODEL:
         return EMBEDDED_MODEL_NAME
-    path = Path(source)
+    if not is_local_path(source):
+        return source  # a Hub id such as Qwen/Qwen2.5-0.5B-Instruct stays as it is
+    path = Path(source).expanduser()
     if path.suffix == ".gguf":
         return path.stem
-    if path.exists():
-        return path.resolve().name
-    return source  # a Hub id such as Qwen/Qwen2.5-0.5B-Instruct stays as it is
+    return path.resolve().name or "model"
 
 
 def load_models_file(path: Path) -> list[ModelSpec]:

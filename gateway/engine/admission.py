@@ -17,7 +17,7 @@ from contextlib import aclosing
 from typing import Any
 
 from gateway.engine.types import GenerationDelta, GenerationRequest
-from gateway.errors import OverloadedError
+from gateway.errors import LimitExceededError, OverloadedError
 
 
 class Admission:
@@ -46,7 +46,14 @@ class Admission:
         )
 
     def reserve(self, n: int) -> None:
-        """Hold n places for a request about to start, or raise OverloadedError (429)."""
+        """Hold n places for a request about to start, or raise OverloadedError (429); more places than
+        the model has at all is a LimitExceededError (400): no retry could ever succeed."""
+        if n > self.capacity:
+            raise LimitExceededError(
+                f"This request needs {n} sequences, which exceeds the limit of {self.capacity} the model "
+                f"`{self.name}` can hold ({self.max_running} running + {self.max_queued} queued).",
+                param="n",
+            )
         now = time.monotonic()
         with self._lock:
             self._expire(now)

@@ -23,7 +23,7 @@ async def ready(registry: RegistryDep) -> JSONResponse:
     if default.state is ModelState.READY:
         return JSONResponse({"status": "ready", "models": models})
     if default.state is ModelState.FAILED:
-        message = f"The default model `{default.spec.name}` failed to load: {default.error}"
+        message = f"The default model `{default.spec.name}` is unavailable. {default.public_error()}"
     else:
         message = f"The default model `{default.spec.name}` is {default.state.value}."
     body = {

@@ -5,6 +5,7 @@ from fastapi import APIRouter
 from gateway.deps import RegistryDep
 from gateway.registry import ModelEntry
 from gateway.schemas.models import ModelCard, ModelList
+from gateway.settings import is_local_path
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -15,10 +16,10 @@ def _cards(entry: ModelEntry, *, details: bool) -> list[ModelCard]:
         ModelCard(
             id=model_id,
             created=entry.created,
-            root=entry.spec.source,
+            root=None if is_local_path(entry.spec.source) else entry.spec.source,  # no server paths to clients
             max_model_len=served.context_length if served else None,
             status=entry.state.value,
-            details=(served.describe() if served else {"error": entry.error}) if details else None,
+            details=(served.describe() if served else {"error": entry.public_error()}) if details else None,
         )
         for model_id in entry.spec.ids()
     ]

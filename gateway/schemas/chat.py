@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_serializer
 
-from gateway.schemas.common import SYSTEM_FINGERPRINT, GenerationRequest, Usage, WireModel
+from gateway.schemas.common import SYSTEM_FINGERPRINT, Bool, GenerationRequest, OptionalInt, Usage, WireModel
 
 
 class ContentPart(WireModel):
@@ -35,13 +35,13 @@ class ChatMessage(WireModel):
 
 class ChatCompletionRequest(GenerationRequest):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    logprobs: bool | None = False
-    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    max_tokens: OptionalInt = Field(default=None, ge=1)
+    max_completion_tokens: OptionalInt = Field(default=None, ge=1)
+    logprobs: Bool | None = False
+    top_logprobs: OptionalInt = Field(default=None, ge=0, le=20)
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
-    parallel_tool_calls: bool | None = None
+    parallel_tool_calls: Bool | None = None
     response_format: dict[str, Any] | None = None
     chat_template_kwargs: dict[str, Any] | None = None
 

@@ -6,18 +6,18 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from gateway.schemas.common import SYSTEM_FINGERPRINT, GenerationRequest, Usage
+from gateway.schemas.common import SYSTEM_FINGERPRINT, Bool, GenerationRequest, Int, OptionalInt, Usage
 
-PromptField = str | list[str] | list[int] | list[list[int]]
+PromptField = str | list[str] | list[Int] | list[list[Int]]
 
 
 class CompletionRequest(GenerationRequest):
     prompt: PromptField
     suffix: str | None = None
-    max_tokens: int | None = Field(default=16, ge=0)
-    best_of: int | None = Field(default=None, ge=1, le=20)
-    logprobs: int | None = Field(default=None, ge=0, le=20)
-    echo: bool | None = False
+    max_tokens: OptionalInt = Field(default=16, ge=0)
+    best_of: OptionalInt = Field(default=None, ge=1, le=20)
+    logprobs: OptionalInt = Field(default=None, ge=0, le=20)
+    echo: Bool | None = False
 
 
 class CompletionLogprobs(BaseModel):

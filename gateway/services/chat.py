@@ -31,10 +31,11 @@ from gateway.schemas.chat import (
 )
 from gateway.schemas.common import Usage
 from gateway.services.chat_output import ChoiceDecoder, Event
+from gateway.services.limits import check_capacity, check_chat_limits
 from gateway.services.logprobs import chat_logprobs
 from gateway.services.messages import to_template_messages
 from gateway.services.output_mode import OutputMode, plan_prompt
-from gateway.services.params import SamplingFields, budget, sampling_params
+from gateway.services.params import SamplingFields, budget, resolve_token_fields, sampling_params
 from gateway.services.sequences import Piece, merge, run_sequence
 from gateway.services.stops import normalize_stop
 from gateway.settings import Settings
@@ -95,6 +96,10 @@ class ChatService:
     def prepare(self, req: ChatCompletionRequest) -> ChatPlan:
         req.log_ignored_fields()
         model_id, served = self.registry.get(req.model)
+        # Cheap checks first: every bound before the template renders or a grammar compiles.
+        check_chat_limits(req, self.settings)
+        check_capacity(served, req.n or 1, param="n")
+        resolve_token_fields(SamplingFields.of(req), served)
         if req.top_logprobs and not req.logprobs:
             raise InvalidRequestError("top_logprobs requires logprobs to be true.", param="top_logprobs")
         stops = normalize_stop(req.stop, self.settings.max_stop_sequences)

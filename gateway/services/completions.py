@@ -13,8 +13,9 @@ from gateway.models import ServedModel
 from gateway.registry import ModelRegistry
 from gateway.schemas.common import Usage
 from gateway.schemas.completions import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest
+from gateway.services.limits import check_capacity, check_completion_limits, prompt_count
 from gateway.services.logprobs import extend_completion_logprobs
-from gateway.services.params import SamplingFields, budget, sampling_params
+from gateway.services.params import SamplingFields, budget, resolve_token_fields, sampling_params
 from gateway.services.sequences import Piece, merge, run_sequence
 from gateway.services.stops import normalize_stop
 from gateway.settings import Settings
@@ -105,6 +106,11 @@ class CompletionService:
             )
         if req.best_of is not None and req.best_of != (req.n or 1):
             raise UnsupportedParameterError("best_of different from n is not supported.", param="best_of")
+        # Cheap checks first: every bound before a prompt is tokenized.
+        check_completion_limits(req, served, self.settings)
+        count = prompt_count(req.prompt)
+        check_capacity(served, count * (req.n or 1), param="prompt" if (req.n or 1) == 1 else "n")
+        resolve_token_fields(SamplingFields.of(req), served)
         stops = normalize_stop(req.stop, self.settings.max_stop_sequences)
         prompts = []
         for text, ids in self._prompts(req, served):

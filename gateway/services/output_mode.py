@@ -69,7 +69,13 @@ def _tool_choice(req: ChatCompletionRequest, names: dict[str, dict[str, Any]]) -
         if choice == "required" and not names:
             raise InvalidRequestError("tool_choice 'required' needs at least one tool.", param="tool_choice")
         return choice, None
-    name = (choice.get("function") or {}).get("name")
+    function = choice.get("function")
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+        raise InvalidRequestError(
+            'tool_choice must be "none", "auto", "required" or {"type": "function", "function": {"name": ...}}.',
+            param="tool_choice",
+        )
+    name = function["name"]
     if name not in names:
         raise InvalidRequestError(f"tool_choice names a function {name!r} that is not in tools.", param="tool_choice")
     return "named", name
@@ -105,7 +111,12 @@ def _response_schema(response_format: dict[str, Any] | None) -> dict[str, Any] |
     if kind == "json_object":
         return {"type": "object"}
     if kind == "json_schema":
-        spec = response_format.get("json_schema") or {}
+        spec = response_format.get("json_schema")
+        if not isinstance(spec, dict):
+            raise InvalidRequestError(
+                'response_format.json_schema must be an object: {"name": ..., "schema": {...}}.',
+                param="response_format",
+            )
         schema = spec.get("schema")
         if not isinstance(schema, dict):
             raise InvalidRequestError("response_format.json_schema.schema must be an object.", param="response_format")

@@ -8,6 +8,10 @@ from gateway.engine.types import SamplingParams
 from gateway.errors import ContextLengthExceededError, InvalidRequestError
 from gateway.models import ServedModel
 
+# Below this a temperature is greedy (vLLM's _SAMPLING_EPS): dividing logits by 1e-300 overflows to
+# inf/nan and samples garbage instead of the argmax the client asked for.
+SAMPLING_EPS = 1e-5
+
 
 @dataclass(frozen=True)
 class SamplingFields:
@@ -25,6 +29,10 @@ class SamplingFields:
     stop_token_ids: list[int] | None = None
     ignore_eos: bool | None = False
     skip_special_tokens: bool | None = True
+
+    @classmethod
+    def of(cls, request: object) -> SamplingFields:
+        return cls(**{name: getattr(request, name) for name in cls.__dataclass_fields__})
 
 
 def budget(prompt_tokens: int, requested: int | None, served: ServedModel, *, noun: str) -> int:
@@ -64,6 +72,20 @@ def _token_id(raw: str | int, served: ServedModel, param: str) -> int:
     return token_id
 
 
+def resolve_token_fields(
+    fields: SamplingFields, served: ServedModel
+) -> tuple[tuple[tuple[int, float], ...], frozenset[int]]:
+    """logit_bias and stop_token_ids as token ids, or a 400 naming the field. The services call it while
+    preparing a request, so a bad id is a 400 before a stream starts, not an error event after it."""
+    bias = []
+    for raw, value in (fields.logit_bias or {}).items():
+        if not -100 <= value <= 100:
+            raise InvalidRequestError("logit_bias values must be between -100 and 100.", param="logit_bias")
+        bias.append((_token_id(raw, served, "logit_bias"), float(value)))
+    extra_stops = frozenset(_token_id(t, served, "stop_token_ids") for t in fields.stop_token_ids or [])
+    return tuple(bias), extra_stops
+
+
 def sampling_params(
     fields: SamplingFields,
     served: ServedModel,
@@ -81,17 +103,13 @@ def sampling_params(
     def pick(value, key: str, fallback):
         return value if value is not None else defaults.get(key, fallback)
 
-    bias = []
-    for raw, value in (fields.logit_bias or {}).items():
-        if not -100 <= value <= 100:
-            raise InvalidRequestError("logit_bias values must be between -100 and 100.", param="logit_bias")
-        bias.append((_token_id(raw, served, "logit_bias"), float(value)))
-    extra_stops = {_token_id(t, served, "stop_token_ids") for t in fields.stop_token_ids or []}
+    bias, extra_stops = resolve_token_fields(fields, served)
     eos = frozenset() if fields.ignore_eos else served.pipeline.stop_token_ids
     seed = None if fields.seed is None else fields.seed + seed_offset
+    temperature = float(pick(fields.temperature, "temperature", 1.0))
     return SamplingParams(
         max_new_tokens=max_new_tokens,
-        temperature=float(pick(fields.temperature, "temperature", 1.0)),
+        temperature=0.0 if temperature < SAMPLING_EPS else temperature,
         top_p=float(pick(fields.top_p, "top_p", 1.0)),
         top_k=int(pick(fields.top_k, "top_k", 0)),
         min_p=float(pick(fields.min_p, "min_p", 0.0)),
@@ -99,7 +117,7 @@ def sampling_params(
         presence_penalty=fields.presence_penalty or 0.0,
         frequency_penalty=fields.frequency_penalty or 0.0,
         repetition_penalty=float(pick(fields.repetition_penalty, "repetition_penalty", 1.0)),
-        logit_bias=tuple(bias),
+        logit_bias=bias,
         logprobs=logprobs,
         prompt_logprobs=prompt_logprobs,
         stop_token_ids=frozenset(eos | extra_stops),

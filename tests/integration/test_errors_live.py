@@ -49,7 +49,9 @@ def envelope(response: httpx.Response) -> dict:
 def test_bad_chat_requests(server: RunningServer, body, status: int, code: str | None) -> None:
     url = f"{server.base_url}/chat/completions"
     response = (
-        httpx.post(url, content=body, timeout=60) if isinstance(body, str) else httpx.post(url, json=body, timeout=60)
+        httpx.post(url, content=body, headers={"content-type": "application/json"}, timeout=60)
+        if isinstance(body, str)
+        else httpx.post(url, json=body, timeout=60)
     )
     assert response.status_code == status, response.text
     error = envelope(response)

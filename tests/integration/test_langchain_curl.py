@@ -47,7 +47,7 @@ def test_langchain_completions_llm(server: RunningServer) -> None:
 def test_curl_stream_exactly_as_the_readme(server: RunningServer) -> None:
     body = f'{{"model":"{MODEL}","messages":[{{"role":"user","content":"Hi"}}],"stream":true}}'
     out = subprocess.run(
-        ["curl", "-sN", f"{server.base_url}/chat/completions", "-d", body],
+        ["curl", "-sN", f"{server.base_url}/chat/completions", "-H", "Content-Type: application/json", "-d", body],
         capture_output=True,
         text=True,
         timeout=120,
@@ -58,6 +58,9 @@ def test_curl_stream_exactly_as_the_readme(server: RunningServer) -> None:
     assert all(line.startswith("data: ") or line.startswith(":") for line in events)
     assert len(events) >= 3
     head = subprocess.run(
-        ["curl", "-si", f"{server.base_url}/chat/completions", "-d", body], capture_output=True, text=True, timeout=120
+        ["curl", "-si", f"{server.base_url}/chat/completions", "-H", "Content-Type: application/json", "-d", body],
+        capture_output=True,
+        text=True,
+        timeout=120,
     ).stdout.lower()
     assert "content-type: text/event-stream" in head and "x-accel-buffering: no" in head

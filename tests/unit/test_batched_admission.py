@@ -38,8 +38,17 @@ async def test_full_model_answers_429_with_envelope_and_retry_after(anyio_backen
         assert engine.admission.in_flight == 0 and engine.admission.reserved == 0
 
 
-async def test_n_beyond_capacity_is_429_even_when_idle(anyio_backend: str) -> None:
-    async with open_gateway(saturable(max_running=1, max_queued=1)) as gw:  # type: ignore[arg-type]
-        assert_envelope(await gw.chat(n=3), 429, code="overloaded")
+async def test_n_beyond_capacity_is_400_not_429(anyio_backend: str) -> None:
+    """More sequences than running + queued can ever hold: a retry cannot succeed, so 400, no Retry-After."""
+    engine = saturable(max_running=1, max_queued=1)
+    async with open_gateway(engine) as gw:  # type: ignore[arg-type]
+        for response in (await gw.chat(n=3), await gw.chat(n=3, stream=True)):
+            error = assert_envelope(response, 400, param="n", code="limit_exceeded")
+            assert "exceeds the limit of 2" in error["message"]
+            assert "retry-after" not in response.headers
         assert (await gw.chat(n=2)).status_code == 200
-        assert_envelope(await gw.completion(prompt=["a", "b"], n=2), 429, code="overloaded")
+        assert_envelope(await gw.completion(prompt=["a", "b"], n=2), 400, param="n", code="limit_exceeded")
+        assert_envelope(await gw.completion(prompt=["a", "b", "c"]), 400, param="prompt", code="limit_exceeded")
+        assert (await gw.completion(prompt=["a", "b"])).status_code == 200
+        assert engine.inner.requests and len(engine.inner.requests) == 4  # 2 + 2 sequences, none of the refused
+        assert engine.admission.in_flight == 0 and engine.admission.reserved == 0
