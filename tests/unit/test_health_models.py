@@ -65,25 +65,28 @@ async def test_readiness_while_loading_then_ready():
 
 async def test_failed_load_keeps_server_up():
     def broken_factory(spec):
-        raise RuntimeError("weights are corrupt")
+        raise RuntimeError("weights in /srv/secret/models/tiny/model.safetensors are corrupt")
 
     async with open_gateway(factory=broken_factory) as gw:
         entry = gw.app.state.registry.default
         assert entry.state is ModelState.FAILED
-        assert "weights are corrupt" in entry.error
+        assert "are corrupt" in entry.error
         r = await gw.chat()
         error = assert_envelope(r, 503, code="model_not_ready")
-        # The client gets a reference to the log entry, never the exception text (it may hold paths).
-        assert "weights are corrupt" not in error["message"]
+        # The client gets the short cause with paths cut to their last part, and a reference to the full
+        # log entry; never the path itself.
+        assert "/srv/secret" not in error["message"]
+        assert "model.safetensors are corrupt" in error["message"]
         assert f"error ref {entry.error_ref}" in error["message"]
         assert r.headers.get("retry-after")
         assert (await gw.client.get("/health")).status_code == 200
         r = await gw.client.get("/health/ready")
         assert r.status_code == 503 and r.json()["status"] == "failed"
+        assert "are corrupt" in r.json()["error"]["message"] and "/srv/secret" not in r.text
         r = await gw.client.get(f"/v1/models/{MODEL}")
         assert r.status_code == 200
         assert r.json()["status"] == "failed"
-        assert "weights are corrupt" not in r.text and entry.error_ref in r.json()["details"]["error"]
+        assert "/srv/secret" not in r.text and entry.error_ref in r.json()["details"]["error"]
 
 
 async def test_failed_load_503_is_not_retried_by_clients():
