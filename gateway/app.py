@@ -15,6 +15,7 @@ from gateway.registry import ModelFactory, ModelRegistry
 from gateway.routes import chat, completions, health, models
 from gateway.services.chat import ChatService
 from gateway.services.completions import CompletionService
+from gateway.services.workers import WorkerPool
 from gateway.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ def create_app(settings: Settings | None = None, *, factory: ModelFactory | None
             yield
         finally:
             loading.cancel()
+            workers.close()
             await registry.close()
 
     app = FastAPI(
@@ -51,8 +53,9 @@ def create_app(settings: Settings | None = None, *, factory: ModelFactory | None
     )
     app.state.settings = settings
     app.state.registry = registry
-    app.state.chat_service = ChatService(registry, settings)
-    app.state.completion_service = CompletionService(registry, settings)
+    workers = WorkerPool(settings.prepare_threads, settings.prepare_queue)  # shared by both services
+    app.state.chat_service = ChatService(registry, settings, workers)
+    app.state.completion_service = CompletionService(registry, settings, workers)
     install_error_handlers(app)
     for module in (chat, completions, models, health):
         app.include_router(module.router)

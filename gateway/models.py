@@ -22,6 +22,7 @@ class ServedModel:
     details: dict[str, Any] = field(default_factory=dict)
     created: int = field(default_factory=lambda: int(time.time()))
     grammar: Any = field(default=None, repr=False)  # GrammarCache, created on the first constrained request
+    max_token_chars: int | None = field(default=None, repr=False)  # longest token, computed on first use
 
     def describe(self) -> dict[str, Any]:
         return {
