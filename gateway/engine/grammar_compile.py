@@ -12,8 +12,11 @@ Nothing heavy is imported here at module level: the child imports only what it n
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
+import signal
+import sys
 import threading
 import time
 from typing import Any
@@ -22,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 180.0  # the first start imports xgrammar (and torch) in the forkserver
 POLL_S = 0.05
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class CompileTimeout(Exception):
@@ -40,8 +44,21 @@ def _context() -> Any:
     return multiprocessing.get_context("spawn")
 
 
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this child when the process that forked it (the forkserver) ends, so a compile can
+    never outlive the server, even one killed without running its shutdown."""
+    if sys.platform != "linux":
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # no prctl: the shutdown path still kills the child
+        logger.debug("prctl(PR_SET_PDEATHSIG) unavailable")
+
+
 def _child_main(conn: Any, tokenizer_info_json: str, max_threads: int) -> None:
     """Child process: build the compiler once, then answer (kind, payload) to each schema JSON sent."""
+    _die_with_parent()
     import xgrammar as xgr
 
     info = xgr.TokenizerInfo.deserialize_json(tokenizer_info_json)
