@@ -125,7 +125,10 @@ class PromptPipeline:
 
     def encode_chat(self, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> list[int]:
         """Render and tokenize a conversation, with exactly one BOS where the family wants one."""
-        text = self.render_chat(messages, **kwargs)
+        return self.encode_rendered(self.render_chat(messages, **kwargs))
+
+    def encode_rendered(self, text: str) -> list[int]:
+        """Tokenize a conversation rendered by render_chat (lets a caller check the text in between)."""
         return self._dedupe_bos(self.tokenizer.encode(text, add_special_tokens=not self.template_adds_bos))
 
     # ---- completions and decoding -------------------------------------------------------------

@@ -23,6 +23,7 @@ from gateway.registry import ModelFactory, ModelRegistry
 from gateway.routes import chat, completions, health, models
 from gateway.services.chat import ChatService
 from gateway.services.completions import CompletionService
+from gateway.services.workers import WorkerPool
 from gateway.settings import Settings
 from gateway.shutdown import Shutdown, ShutdownMiddleware
 
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None, *, factory: ModelFactory | None
         finally:
             shutdown.abort()  # gateway/cli.py drained first; under another ASGI host, end what still runs
             loading.cancel()
+            workers.close()
             started = time.monotonic()
             try:  # an engine waits for its decode step in progress: seconds on a busy CPU, bounded here
                 await asyncio.wait_for(registry.close(), timeout=CLOSE_TIMEOUT_SECONDS)
@@ -71,8 +73,9 @@ def create_app(settings: Settings | None = None, *, factory: ModelFactory | None
     app.state.settings = settings
     app.state.registry = registry
     app.state.shutdown = shutdown
-    app.state.chat_service = ChatService(registry, settings)
-    app.state.completion_service = CompletionService(registry, settings)
+    workers = WorkerPool(settings.prepare_threads, settings.prepare_queue)  # shared by both services
+    app.state.chat_service = ChatService(registry, settings, workers)
+    app.state.completion_service = CompletionService(registry, settings, workers)
     install_error_handlers(app)
     for module in (chat, completions, models, health):
         app.include_router(module.router)

@@ -25,6 +25,7 @@ class ServedModel:
     details: dict[str, Any] = field(default_factory=dict)
     created: int = field(default_factory=lambda: int(time.time()))
     grammar: Any = field(default=None, repr=False)  # GrammarCache, created on the first constrained request
+    max_token_chars: int | None = field(default=None, repr=False)  # longest token, computed on first use
 
     @property
     def default_max_tokens(self) -> int | None:

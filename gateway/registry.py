@@ -129,4 +129,6 @@ class ModelRegistry:
     async def close(self) -> None:
         for entry in self._entries:
             if entry.served is not None:
+                if entry.served.grammar is not None:
+                    entry.served.grammar.close()  # also stops a compile in progress
                 await entry.served.engine.close()

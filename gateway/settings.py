@@ -225,6 +225,20 @@ class Settings(BaseSettings):
         description="Browser origins allowed to call the API (CORS), comma-separated or a JSON list; "
         "empty = none (default).",
     )
+    prepare_threads: int = Field(
+        default=2,
+        ge=1,
+        description="Worker threads that render, tokenize and compile schemas for requests (off the event loop).",
+    )
+    prepare_queue: int = Field(
+        default=64, ge=0, description="Requests that may wait for a prepare thread; beyond that → 429 + Retry-After."
+    )
+    grammar_compile_seconds: float = Field(
+        default=3.0,
+        gt=0,
+        description="Time budget for compiling a JSON schema / tool grammar; a schema that takes longer is "
+        "refused with 400 and its compile stopped.",
+    )
     sse_ping_seconds: float = Field(
         default=15.0, gt=0, description="Comment ping interval on idle streams (keeps proxies open)."
     )

@@ -71,6 +71,7 @@ class _Seq:
     detok: IncrementalDetokenizer | None = None
     pending: list[int] = field(default_factory=list)  # ids not sent yet (their text is held back)
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)
+    failed: bool = False  # ended by its own error (already reported)
 
 
 class _Outbox:
@@ -206,10 +207,15 @@ class BatchedEngine:
                         out.flush()  # first tokens go out before the decode step
                     if self._active:
                         self._decode(out)
-                except Exception as exc:  # reported to every request in the batch; the thread lives on
+                except Exception as exc:
+                    # Per-row work (sampling state, processors, sampling, detokenization, prompt logprobs)
+                    # fails only its own row (`_fail_row`). What reaches here broke the shared forward or
+                    # the cache itself: every row's KV state is then suspect, so the whole batch ends with
+                    # the error and the cache starts clean; the thread lives on for the next requests.
                     logger.exception("batched step failed for %s", self.name)
                     for seq in {*self._active, *admitted}:
-                        out.add(seq, exc)
+                        if not seq.failed:
+                            out.add(seq, exc)
                     self._active.clear()
                     self.cache.reset()
                 out.flush()
@@ -274,21 +280,35 @@ class BatchedEngine:
     def _forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return forward_last_logits(self.model, self.cache, input_ids, position_ids, mask, self._mask_dtype)
 
+    def _fail_row(self, seq: _Seq, exc: Exception, out: _Outbox) -> None:
+        """End one request with its own error; the rest of the batch carries on."""
+        logger.warning("request %s failed in the engine: %s: %s", seq.request.request_id, type(exc).__name__, exc)
+        seq.failed = True
+        out.add(seq, exc)
+
+    def _start_row(self, seq: _Seq, out: _Outbox) -> bool:
+        """Prompt logprobs and the row's own sampling state; False when it needs no decoding."""
+        params = seq.request.params
+        if params.prompt_logprobs is not None:
+            out.add(seq, GenerationDelta(prompt_logprobs=self._prompt_logprobs(seq)))
+        if params.max_new_tokens <= 0:
+            out.add(seq, GenerationDelta(finish_reason="length"))
+            return False
+        seq.history = list(seq.request.prompt_ids)
+        seq.sampling = RowSampling.build(
+            params, prompt_len=len(seq.history), vocab_size=self.vocab_size, device=self.device
+        )
+        seq.detok = IncrementalDetokenizer(self.tokenizer, skip_special_tokens=params.skip_special_tokens)
+        return True
+
     def _prefill(self, seqs: list[_Seq], out: _Outbox) -> None:
         ready: list[_Seq] = []
         for seq in seqs:
-            params = seq.request.params
-            if params.prompt_logprobs is not None:
-                out.add(seq, GenerationDelta(prompt_logprobs=self._prompt_logprobs(seq)))
-            if params.max_new_tokens <= 0:
-                out.add(seq, GenerationDelta(finish_reason="length"))
-                continue
-            seq.history = list(seq.request.prompt_ids)
-            seq.sampling = RowSampling.build(
-                params, prompt_len=len(seq.history), vocab_size=self.vocab_size, device=self.device
-            )
-            seq.detok = IncrementalDetokenizer(self.tokenizer, skip_special_tokens=params.skip_special_tokens)
-            ready.append(seq)
+            try:
+                if self._start_row(seq, out):
+                    ready.append(seq)
+            except Exception as exc:  # e.g. a seed torch cannot take, a processor factory that raises
+                self._fail_row(seq, exc, out)
         if not ready:
             return
         started = time.perf_counter()
@@ -344,39 +364,44 @@ class BatchedEngine:
         self.cache.tokens[first_row : first_row + len(seqs)] = result.tokens
         finished: list[int] = []
         for i, seq in enumerate(seqs):
-            if i in result.errors:
-                logger.warning("request %s: logits processor failed: %s", seq.request.request_id, result.errors[i])
-                out.add(seq, result.errors[i])
+            try:
+                if i in result.errors:  # this row's own logits processor raised
+                    raise result.errors[i]
+                delta = self._step_row(seq, result.token_list[i], result.logprobs[i])
+            except Exception as exc:
+                self._fail_row(seq, exc, out)
                 finished.append(first_row + i)
                 continue
-            token = result.token_list[i]
-            seq.generated += 1
-            seq.history.append(token)
-            params = seq.request.params
-            stop = token in params.stop_token_ids
-            text = "" if stop else seq.detok.push(token)  # type: ignore[union-attr]
-            finish = "stop" if stop else ("length" if seq.generated >= params.max_new_tokens else None)
-            seq.pending.append(token)
-            logprob = result.logprobs[i]
-            if logprob is not None:
-                seq.pending_logprobs.append(self._token_logprob(token, logprob[0], logprob[1]))
-            if finish is not None:
-                text += seq.detok.flush()  # type: ignore[union-attr]
-                finished.append(first_row + i)
-            elif not text and logprob is None:
-                continue  # text held back (incomplete character): send these ids with the next piece
-            out.add(
-                seq,
-                GenerationDelta(
-                    text=text,
-                    token_ids=seq.pending,
-                    logprobs=seq.pending_logprobs if params.logprobs is not None else None,
-                    finish_reason=finish,  # type: ignore[arg-type]
-                ),
-            )
-            seq.pending, seq.pending_logprobs = [], []
+            if delta is not None:
+                out.add(seq, delta)
+                if delta.finish_reason is not None:
+                    finished.append(first_row + i)
         for row in sorted(finished, reverse=True):
             self._remove(row)
+
+    def _step_row(self, seq: _Seq, token: int, logprob: tuple[float, list] | None) -> GenerationDelta | None:
+        """Record one sampled token of a row; the delta to send (None while its text is held back)."""
+        seq.generated += 1
+        seq.history.append(token)
+        params = seq.request.params
+        stop = token in params.stop_token_ids
+        text = "" if stop else seq.detok.push(token)  # type: ignore[union-attr]
+        finish = "stop" if stop else ("length" if seq.generated >= params.max_new_tokens else None)
+        seq.pending.append(token)
+        if logprob is not None:
+            seq.pending_logprobs.append(self._token_logprob(token, logprob[0], logprob[1]))
+        if finish is not None:
+            text += seq.detok.flush()  # type: ignore[union-attr]
+        elif not text and logprob is None:
+            return None  # text held back (incomplete character): send these ids with the next piece
+        delta = GenerationDelta(
+            text=text,
+            token_ids=seq.pending,
+            logprobs=seq.pending_logprobs if params.logprobs is not None else None,
+            finish_reason=finish,  # type: ignore[arg-type]
+        )
+        seq.pending, seq.pending_logprobs = [], []
+        return delta
 
     # ---- logprobs -----------------------------------------------------------------------------------------
     def _text_of(self, token_id: int) -> str:
@@ -397,9 +422,8 @@ class BatchedEngine:
         ids = list(seq.request.prompt_ids)
         k = seq.request.params.prompt_logprobs or 0
         first = TokenLogprob(token_id=ids[0], token=self._text_of(ids[0]), logprob=None)
-        logits = self.model(input_ids=torch.tensor([ids], device=self.device), use_cache=False).logits
         rest = [
             self._token_logprob(token_id, logprob, top)
-            for token_id, (logprob, top) in zip(ids[1:], prompt_logprobs(logits, ids, k), strict=True)
+            for token_id, (logprob, top) in zip(ids[1:], prompt_logprobs(self.model, ids, k), strict=True)
         ]
         return [first, *rest]

@@ -10,12 +10,15 @@ from __future__ import annotations
 import json
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import jsonschema
 import torch
 from transformers import LogitsProcessor
+
+from gateway.engine.grammar_compile import CompileFailed, CompilerProcess, CompileTimeout
 
 if TYPE_CHECKING:  # xgrammar itself loads with the first constrained request (~13 MB of RSS otherwise)
     import xgrammar as xgr
@@ -150,13 +153,23 @@ class ClosingVocab:
         return torch.tensor(ids, dtype=torch.long)
 
 
-# xgrammar's compiled-schema cache is unbounded by default: ~60 KB per small schema, so a client that
-# sends a new schema with every request would grow the server forever. Least recently used go first.
+# Compiled grammars are kept per model, least recently used first out, within this many bytes (xgrammar's
+# own estimate): ~60 KB per small schema, so a client that sends a new schema with every request would
+# otherwise grow the server forever.
 GRAMMAR_CACHE_BYTES = 64 << 20
+COMPILE_BUDGET_S = 3.0  # see Settings.grammar_compile_seconds
+
+
+class GrammarTooComplexError(GrammarError):
+    """The schema did not compile within the time budget."""
+
+    def __init__(self, budget_s: float) -> None:
+        super().__init__(f"schema too complex to compile within {budget_s:g} s")
+        self.budget_s = budget_s
 
 
 class GrammarCache:
-    """Per-model xgrammar compiler, built on first use (its vocabulary scan takes ~0.2 s)."""
+    """Per-model grammar compiler (a child process, see grammar_compile.py) and cache of compiled grammars."""
 
     def __init__(
         self,
@@ -169,33 +182,77 @@ class GrammarCache:
         self._tokenizer = tokenizer
         self._vocab_size = vocab_size
         self._stop_ids = sorted(stop_token_ids)
-        self._compiler: xgr.GrammarCompiler | None = None
+        self._info: xgr.TokenizerInfo | None = None
+        self._process: CompilerProcess | None = None
         self._closing: ClosingVocab | None = None
+        self._cache: OrderedDict[str, tuple[xgr.CompiledGrammar, int]] = OrderedDict()
+        self._cache_bytes = 0
         self._lock = threading.Lock()
 
-    def _get_compiler(self) -> xgr.GrammarCompiler:
+    def _get_compiler(self) -> CompilerProcess:
         with self._lock:
-            if self._compiler is None:
+            if self._process is None:
                 import xgrammar as xgr
 
-                info = xgr.TokenizerInfo.from_huggingface(
+                self._info = xgr.TokenizerInfo.from_huggingface(
                     self._tokenizer, vocab_size=self._vocab_size, stop_token_ids=self._stop_ids or None
                 )
-                self._closing = ClosingVocab(info.decoded_vocab)
-                self._compiler = xgr.GrammarCompiler(info, max_threads=2, cache_limit_bytes=self.cache_limit_bytes)
-            return self._compiler
+                self._closing = ClosingVocab(self._info.decoded_vocab)
+                self._process = CompilerProcess(self._info.serialize_json())
+            return self._process
 
     def cache_size_bytes(self) -> int:
-        return self._compiler.get_cache_size_bytes() if self._compiler is not None else 0
+        return self._cache_bytes
 
-    def compile(self, schema: dict[str, Any]) -> xgr.CompiledGrammar:
-        """Compile a JSON schema with compact separators (no endless whitespace from a small model)."""
-        check_enforceable(schema)
+    def _cached(self, key: str) -> xgr.CompiledGrammar | None:
+        with self._lock:
+            entry = self._cache.get(key)
+            if entry is None:
+                return None
+            self._cache.move_to_end(key)
+            return entry[0]
+
+    def _store(self, key: str, compiled: xgr.CompiledGrammar) -> None:
+        size = int(compiled.memory_size_bytes)
+        with self._lock:
+            if key in self._cache:
+                return
+            self._cache[key] = (compiled, size)
+            self._cache_bytes += size
+            while self.cache_limit_bytes >= 0 and self._cache_bytes > self.cache_limit_bytes and len(self._cache) > 1:
+                _, (_, dropped) = self._cache.popitem(last=False)
+                self._cache_bytes -= dropped
+
+    def compile(self, schema: dict[str, Any], budget_s: float = COMPILE_BUDGET_S) -> xgr.CompiledGrammar:
+        """Compile a JSON schema with compact separators (no endless whitespace from a small model).
+
+        GrammarTooComplexError when compiling takes longer than budget_s (the compile is stopped)."""
         try:
-            return self._get_compiler().compile_json_schema(json.dumps(schema), any_whitespace=False, strict_mode=True)
-        except (RuntimeError, ValueError, TypeError) as exc:
+            check_enforceable(schema)
+            key = json.dumps(schema)
+        except RecursionError as exc:  # nested deeper than Python's stack allows
+            raise GrammarError("the schema is nested too deeply") from exc
+        cached = self._cached(key)
+        if cached is not None:
+            return cached
+        compiler = self._get_compiler()
+        try:
+            payload = compiler.compile(key, budget_s)
+        except CompileTimeout as exc:
+            raise GrammarTooComplexError(budget_s) from exc
+        except CompileFailed as exc:
             lines = str(exc).strip().splitlines()
-            raise GrammarError(_LOG_PREFIX.sub("", lines[0]) if lines else type(exc).__name__) from exc
+            raise GrammarError(_LOG_PREFIX.sub("", lines[0]) if lines else "compile failed") from exc
+        import xgrammar as xgr
+
+        compiled = xgr.CompiledGrammar.deserialize_json(payload, self._info)
+        self._store(key, compiled)
+        return compiled
+
+    def close(self) -> None:
+        """Stop the compiler process (also in the middle of a compile)."""
+        if self._process is not None:
+            self._process.close()
 
     def processors(self, compiled: xgr.CompiledGrammar, close_by: int) -> tuple[Callable[[], Any], ...]:
         """Factories: the grammar mask, then closing pressure ending at token `close_by`."""

@@ -193,9 +193,8 @@ class HFEngine:
     def _prompt_logprobs(self, input_ids: torch.Tensor, k: int) -> list[TokenLogprob]:
         ids = input_ids[0].tolist()
         first = TokenLogprob(token_id=ids[0], token=self.tokenizer.decode([ids[0]]), logprob=None)
-        logits = self.model(input_ids=input_ids).logits
         rest = [
             self.token_logprob(token_id, logprob, top)
-            for token_id, (logprob, top) in zip(ids[1:], prompt_logprobs(logits, ids, k), strict=True)
+            for token_id, (logprob, top) in zip(ids[1:], prompt_logprobs(self.model, ids, k), strict=True)
         ]
         return [first, *rest]

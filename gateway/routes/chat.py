@@ -13,7 +13,7 @@ router = APIRouter(prefix="/v1", tags=["openai"])
 async def create_chat_completion(
     body: ChatCompletionRequest, request: Request, service: ChatServiceDep, settings: SettingsDep
 ):
-    plan = service.prepare(body)  # every 4xx is raised here, before any byte is sent
+    plan = await service.prepare_off_loop(body)  # every 4xx is raised here, before any byte is sent
     if body.stream:
         return sse_response(request, service.stream(plan), settings.sse_ping_seconds)
     return await until_disconnect(request, service.complete(plan))

@@ -13,7 +13,7 @@ router = APIRouter(prefix="/v1", tags=["openai"])
 async def create_completion(
     body: CompletionRequest, request: Request, service: CompletionServiceDep, settings: SettingsDep
 ):
-    plan = service.prepare(body)
+    plan = await service.prepare_off_loop(body)
     if body.stream:
         return sse_response(request, service.stream(plan), settings.sse_ping_seconds)
     return await until_disconnect(request, service.complete(plan))

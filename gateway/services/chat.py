@@ -34,10 +34,11 @@ from gateway.services.chat_output import ChoiceDecoder, Event
 from gateway.services.limits import check_capacity, check_chat_limits
 from gateway.services.logprobs import chat_logprobs
 from gateway.services.messages import to_template_messages
-from gateway.services.output_mode import OutputMode, plan_prompt
-from gateway.services.params import SamplingFields, budget, resolve_token_fields, sampling_params
+from gateway.services.output_mode import OutputMode, compile_mode, plan_prompt
+from gateway.services.params import SamplingFields, budget, check_text_fits, resolve_token_fields, sampling_params
 from gateway.services.sequences import Piece, merge, run_sequence
 from gateway.services.stops import normalize_stop
+from gateway.services.workers import WorkerPool
 from gateway.settings import Settings
 
 
@@ -89,11 +90,17 @@ class ChatPlan:
 
 
 class ChatService:
-    def __init__(self, registry: ModelRegistry, settings: Settings) -> None:
+    def __init__(self, registry: ModelRegistry, settings: Settings, workers: WorkerPool | None = None) -> None:
         self.registry = registry
         self.settings = settings
+        self.workers = workers or WorkerPool(settings.prepare_threads, settings.prepare_queue)
+
+    async def prepare_off_loop(self, req: ChatCompletionRequest) -> ChatPlan:
+        """`prepare` in the worker pool: rendering, tokenizing and compiling never block the event loop."""
+        return await self.workers.run(self.prepare, req)
 
     def prepare(self, req: ChatCompletionRequest) -> ChatPlan:
+        """Validate and render the request (CPU-heavy on large inputs: call it through prepare_off_loop)."""
         req.log_ignored_fields()
         model_id, served = self.registry.get(req.model)
         # Cheap checks first: every bound before the template renders or a grammar compiles.
@@ -107,14 +114,17 @@ class ChatService:
         stops += [s for s in served.pipeline.stop_strings if s not in stops]
         prompt = plan_prompt(req, served, to_template_messages(req.messages))
         try:
-            prompt_ids = served.pipeline.encode_chat(
+            text = served.pipeline.render_chat(
                 prompt.messages, tools=prompt.tools, template_kwargs=req.chat_template_kwargs
             )
         except (TypeError, ValueError) as exc:  # a template choking on an odd message shape
             raise InvalidRequestError(f"Could not render the messages with the chat template: {exc}") from exc
+        check_text_fits(len(text), served, noun="messages")  # before tokenizing it
+        prompt_ids = served.pipeline.encode_rendered(text)
         requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
         max_new_tokens = budget(len(prompt_ids), requested, served, noun="messages")
-        starts_in_reasoning = prompt.mode.reasoning and served.pipeline.decode(
+        mode = compile_mode(prompt, served, self.settings.grammar_compile_seconds)  # after the context check
+        starts_in_reasoning = mode.reasoning and served.pipeline.decode(
             prompt_ids[-8:], skip_special_tokens=False
         ).rstrip().endswith("<think>")
         reserve(served.engine, req.n or 1)  # admission control: 429 + Retry-After before any stream starts
@@ -128,7 +138,7 @@ class ChatService:
             stops=stops,
             top_logprobs=(req.top_logprobs or 0) if req.logprobs else None,
             max_new_tokens=max_new_tokens,
-            mode=prompt.mode,
+            mode=mode,
             explicit_budget=requested is not None,
             starts_in_reasoning=starts_in_reasoning,
         )

@@ -15,9 +15,10 @@ from gateway.schemas.common import Usage
 from gateway.schemas.completions import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest
 from gateway.services.limits import check_capacity, check_completion_limits, prompt_count
 from gateway.services.logprobs import extend_completion_logprobs
-from gateway.services.params import SamplingFields, budget, resolve_token_fields, sampling_params
+from gateway.services.params import SamplingFields, budget, check_text_fits, resolve_token_fields, sampling_params
 from gateway.services.sequences import Piece, merge, run_sequence
 from gateway.services.stops import normalize_stop
+from gateway.services.workers import WorkerPool
 from gateway.settings import Settings
 
 
@@ -93,11 +94,17 @@ class _ChoiceState:
 
 
 class CompletionService:
-    def __init__(self, registry: ModelRegistry, settings: Settings) -> None:
+    def __init__(self, registry: ModelRegistry, settings: Settings, workers: WorkerPool | None = None) -> None:
         self.registry = registry
         self.settings = settings
+        self.workers = workers or WorkerPool(settings.prepare_threads, settings.prepare_queue)
+
+    async def prepare_off_loop(self, req: CompletionRequest) -> CompletionPlan:
+        """`prepare` in the worker pool: tokenizing large prompts never blocks the event loop."""
+        return await self.workers.run(self.prepare, req)
 
     def prepare(self, req: CompletionRequest) -> CompletionPlan:
+        """Validate and tokenize the request (CPU-heavy on large prompts: call it through prepare_off_loop)."""
         req.log_ignored_fields()
         model_id, served = self.registry.get(req.model)
         if req.suffix:
@@ -141,6 +148,7 @@ class CompletionService:
         out = []
         for item in items:
             if isinstance(item, str):
+                check_text_fits(len(item), served, noun="prompt")  # before tokenizing it
                 ids = served.pipeline.encode_prompt(item)
                 text = item
             else:

@@ -9,11 +9,11 @@ its arguments object; json_object / json_schema → that schema.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from adapters.tool_calls import DEFAULT_FORMAT, FORMATS, ToolCallFormat, inject_tools, template_renders_tools
-from gateway.engine.grammar import GrammarCache, GrammarError
+from gateway.engine.grammar import GrammarCache, GrammarError, GrammarTooComplexError
 from gateway.errors import InvalidRequestError
 from gateway.models import ServedModel
 from gateway.schemas.chat import ChatCompletionRequest
@@ -45,6 +45,8 @@ class PromptPlan:
     messages: list[dict[str, Any]]
     tools: list[dict[str, Any]] | None
     mode: OutputMode = field(default_factory=OutputMode)
+    schema: dict[str, Any] | None = None  # the JSON schema the output is held to (compile_mode compiles it)
+    schema_param: str = "response_format"
 
 
 def _validate_tools(tools: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -140,7 +142,8 @@ def _schema_hint(messages: list[dict[str, Any]], schema: dict[str, Any]) -> list
 
 
 def plan_prompt(req: ChatCompletionRequest, served: ServedModel, messages: list[dict[str, Any]]) -> PromptPlan:
-    """Messages and tools to render, plus the output mode; every invalid combination is a 400 here."""
+    """Messages and tools to render, plus the output mode and the schema its grammar needs (compiled
+    later by `compile_mode`, after the cheaper checks); every invalid combination is a 400 here."""
     functions = _validate_tools(req.tools or [])
     choice, named = _tool_choice(req, functions)
     template = served.pipeline.chat_template
@@ -154,30 +157,40 @@ def plan_prompt(req: ChatCompletionRequest, served: ServedModel, messages: list[
     else:
         tools = offered or None
         tool_format = FORMATS.get(served.pipeline.tool_parser or DEFAULT_FORMAT, FORMATS[DEFAULT_FORMAT])
-    grammar_error = None
-    try:
-        if choice == "named":
-            grammar = _grammar(served).compile(_parameters(functions[named]))
-            mode = OutputMode("tool_named", named_tool=named, grammar=grammar)
-        elif choice == "required":
-            schema = _calls_schema(functions, req.parallel_tool_calls is not False)
-            mode = OutputMode("tools_required", grammar=_grammar(served).compile(schema))
+    schema: dict[str, Any] | None = None
+    if choice == "named":
+        schema = _parameters(functions[named])
+        mode = OutputMode("tool_named", named_tool=named)
+    elif choice == "required":
+        schema = _calls_schema(functions, req.parallel_tool_calls is not False)
+        mode = OutputMode("tools_required")
+    else:
+        schema = _response_schema(req.response_format)
+        if schema is not None:
+            if req.response_format.get("type") == "json_schema":
+                messages = _schema_hint(messages, schema)
+            mode = OutputMode("json", reasoning=reasoning)
+        elif choice == "auto":
+            mode = OutputMode("tools_auto", tool_format=tool_format, reasoning=reasoning)
         else:
-            schema = _response_schema(req.response_format)
-            if schema is not None:
-                if req.response_format.get("type") == "json_schema":
-                    messages = _schema_hint(messages, schema)
-                mode = OutputMode("json", grammar=_grammar(served).compile(schema), reasoning=reasoning)
-            elif choice == "auto":
-                mode = OutputMode("tools_auto", tool_format=tool_format, reasoning=reasoning)
-            else:
-                mode = OutputMode("text", reasoning=reasoning)
-    except GrammarError as exc:
-        grammar_error = exc
-    if grammar_error is not None:
+            mode = OutputMode("text", reasoning=reasoning)
+    param = "response_format" if choice in ("auto", "none") else "tools"
+    return PromptPlan(messages=messages, tools=tools, mode=mode, schema=schema, schema_param=param)
+
+
+def compile_mode(prompt: PromptPlan, served: ServedModel, budget_s: float) -> OutputMode:
+    """The plan's output mode with its grammar compiled (within budget_s seconds); 400 when it cannot be."""
+    if prompt.schema is None:
+        return prompt.mode
+    try:
+        grammar = _grammar(served).compile(prompt.schema, budget_s)
+    except GrammarTooComplexError as exc:
         raise InvalidRequestError(
-            f"{JSON_SCHEMA_UNSUPPORTED}: the schema uses a feature the grammar engine cannot enforce "
-            f"({grammar_error}).",
-            param="response_format" if choice in ("auto", "none") else "tools",
-        )
-    return PromptPlan(messages=messages, tools=tools, mode=mode)
+            f"The JSON schema is too complex: it did not compile within {exc.budget_s:g} s.", param=prompt.schema_param
+        ) from None
+    except GrammarError as exc:
+        raise InvalidRequestError(
+            f"{JSON_SCHEMA_UNSUPPORTED}: the schema uses a feature the grammar engine cannot enforce ({exc}).",
+            param=prompt.schema_param,
+        ) from None
+    return replace(prompt.mode, grammar=grammar)

@@ -59,6 +59,32 @@ def budget(prompt_tokens: int, requested: int | None, served: ServedModel, *, no
     return requested
 
 
+# A normalizer may turn one character into two (NFKC: "ﬁ" → "fi"): the bound below allows for that.
+NORMALIZER_MARGIN = 2
+
+
+def max_token_chars(served: ServedModel) -> int:
+    """Characters of the longest token in the vocabulary (computed once per model)."""
+    if served.max_token_chars is None:
+        vocab = served.pipeline.tokenizer.get_vocab()
+        served.max_token_chars = max((len(token) for token in vocab), default=1)
+    return served.max_token_chars
+
+
+def check_text_fits(text_chars: int, served: ServedModel, *, noun: str) -> None:
+    """400 before tokenizing a text that cannot fit the context window whatever its tokens: no token
+    covers more than max_token_chars characters, so it needs at least chars / that many tokens. A 10 MB
+    prompt is refused at once instead of after seconds of tokenizing."""
+    at_least = text_chars // (max_token_chars(served) * NORMALIZER_MARGIN)
+    if at_least > served.context_length:
+        raise ContextLengthExceededError(
+            f"This model's maximum context length is {served.context_length} tokens. However, your {noun} "
+            f"({text_chars} characters) would need at least {at_least} tokens. Please reduce the length of the "
+            f"{noun}.",
+            param="messages" if noun == "messages" else "prompt",
+        )
+
+
 def _token_id(raw: str | int, served: ServedModel, param: str) -> int:
     try:
         token_id = int(raw)

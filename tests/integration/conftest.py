@@ -38,13 +38,17 @@ class RunningServer:
         return f"{self.url}/v1"
 
 
-def start_server(tmp_dir: Path, *args: str, env: dict[str, str] | None = None) -> RunningServer:
+def start_server(
+    tmp_dir: Path, *args: str, env: dict[str, str] | None = None, module: str = "gateway"
+) -> RunningServer:
+    """`python -m <module> serve`: the gateway, or a test wrapper around its CLI (the repo is on the path)."""
     port = free_port()
     log = tmp_dir / f"server-{port}.log"
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("GANTRY_")}
-    child_env.update({"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})})
+    python_path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    child_env.update({"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": python_path, **(env or {})})
     process = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--port", str(port), *args],
+        [sys.executable, "-m", module, "serve", "--host", "127.0.0.1", "--port", str(port), *args],
         cwd=tmp_dir,  # no stray .env from the checkout
         env=child_env,
         stdout=log.open("wb"),
