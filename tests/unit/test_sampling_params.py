@@ -35,9 +35,9 @@ async def test_default_max_tokens_setting_caps_budget():
         assert p.max_new_tokens == 7
         [p] = await params_for(gw, max_tokens=20)
         assert p.max_new_tokens == 20
-        await gw.completion(prompt="x", max_tokens=None)  # an explicit null: the model's cap, not the window
-        assert gw.engine.requests[-1].params.max_new_tokens == 7
-        await gw.completion(prompt="x")  # unset: OpenAI's 16 stays the completions default
+        await gw.completion(prompt="x", max_tokens=None)  # an explicit null is the default: OpenAI's 16
+        assert gw.engine.requests[-1].params.max_new_tokens == 16
+        await gw.completion(prompt="x")  # unset: the same
         assert gw.engine.requests[-1].params.max_new_tokens == 16
         card = (await gw.client.get(f"/v1/models/{MODEL}")).json()
         assert card["details"]["default_max_tokens"] == 7
