@@ -86,8 +86,8 @@ def _calls_schema(functions: dict[str, dict[str, Any]], parallel: bool) -> dict[
 
     The bound is what ends the list: a small model otherwise repeats its call until the budget runs
     out. A grammar cannot say "each tool at most once" without one rule per subset of the tools, so
-    the same tool may still appear twice (two cities for one weather tool), but never more calls
-    than there are tools.
+    with several tools offered one of them may still be called twice, but there are never more calls
+    than tools (and a single tool is called once).
     """
     variants = [
         {
