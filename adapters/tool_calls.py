@@ -81,6 +81,49 @@ def parse_json_calls(text: str) -> list[ParsedToolCall]:
     return calls
 
 
+_DECODER = json.JSONDecoder()
+_CUT_CALL = re.compile(r'\{\s*"name"\s*:\s*("(?:[^"\\]|\\.)*")\s*,\s*"arguments"\s*:\s*(.*)', re.DOTALL)
+
+
+@dataclass
+class CallListReader:
+    """Reads forced tool calls (`[{"name": …, "arguments": {…}}, …]`) as they are generated: each call
+    is returned once its object is complete, so a list cut off by the token budget still yields every
+    call before the cut, and streaming sends exactly the calls a non-streamed response would hold."""
+
+    text: str = ""
+    _next: int = 0  # where the next call (or the `[` / `,` before it) starts
+
+    def feed(self, text: str) -> list[ParsedToolCall]:
+        """Add generated text; return the calls it completed."""
+        self.text += text
+        calls = []
+        while True:
+            start = len(self.text) - len(self.text[self._next :].lstrip())
+            head = self.text[start : start + 1]
+            if head in ("[", ","):
+                self._next = start + 1
+                continue
+            if head != "{":
+                return calls
+            try:
+                value, self._next = _DECODER.raw_decode(self.text, start)
+            except json.JSONDecodeError:  # this call is not complete yet
+                return calls
+            call = _call(value)
+            if call:
+                calls.append(call)
+
+    def cut_call(self) -> tuple[str, str] | None:
+        """Name and argument text of an incomplete call whose name was generated, if any."""
+        match = _CUT_CALL.match(self.text, len(self.text) - len(self.text[self._next :].lstrip()))
+        return (json.loads(match.group(1)), match.group(2)) if match else None
+
+    def is_call_list(self) -> bool:
+        """Whether the text is (the start of) a JSON array, as the grammar makes it."""
+        return self.text.lstrip().startswith("[")
+
+
 FORMATS: dict[str, ToolCallFormat] = {
     "hermes": ToolCallFormat("hermes", ("<tool_call>",), parse_hermes),
     "llama3_json": ToolCallFormat("llama3_json", ("<|python_tag|>", '{"name"'), parse_json_calls),

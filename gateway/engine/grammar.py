@@ -23,8 +23,12 @@ from gateway.engine.grammar_compile import CompileFailed, CompilerProcess, Compi
 if TYPE_CHECKING:  # xgrammar itself loads with the first constrained request (~13 MB of RSS otherwise)
     import xgrammar as xgr
 
-CLOSING_CHARS = frozenset(b'"}], ')
 NUMBER_CHARS = frozenset(b"0123456789.-+eE")
+OPENERS, CLOSERS, OBJECT_OPEN = frozenset(b"{["), frozenset(b"}]"), ord("{")
+# Whole tokens (leading spaces stripped) that close a string, close containers, or separate items.
+_CLOSE_STRING = re.compile(rb'"[}\] ]*')
+_CLOSE_CONTAINER = re.compile(rb"[}\]][}\] ]*")
+_SEPARATOR = re.compile(rb'([}\] ]*),[ "]*')
 CLOSING_BIAS = 50.0
 # Closing is preferred over the last half of the budget (at least 32 tokens), so even an output caught
 # in the middle of a nested item can finish it; one string may take an eighth of the budget (at least
@@ -86,10 +90,12 @@ _NAME_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions
 class ClosingPressure(LogitsProcessor):
     """Prefer tokens that finish the JSON among those the grammar allows (masked tokens stay -inf).
 
-    Inside a string: tokens that start with `"`. Outside: tokens that start with `}` or `]` most, then
-    ones that start with `,` (which also ends a number when the object still needs keys). Applies from
-    step `start_at` on, inside a string that has run `string_cap` tokens, and inside a number that has
-    run `string_cap` tokens. So an output that would run out of budget closes instead of being cut off.
+    Inside a string: tokens that start with `"`. Outside: tokens made only of `}` / `]` most, then ones
+    with a `,` that lands in an object (it ends a number, or moves on to a key the object still needs).
+    A comma that lands in an array (`,`, `},` after an item) starts another item, so it is never
+    preferred: a small model repeating an item ends the array instead. Applies from step `start_at` on,
+    inside a string that has run `string_cap` tokens, and inside a number that has run `string_cap`
+    tokens. So an output that would run out of budget closes instead of being cut off.
     """
 
     def __init__(self, start_at: int, string_cap: int, vocab: ClosingVocab) -> None:
@@ -101,6 +107,7 @@ class ClosingPressure(LogitsProcessor):
         self.escaped = False
         self.string_tokens = 0
         self.number_tokens = 0
+        self.open: list[int] = []  # `{` / `[` of the containers open outside strings, innermost last
 
     def _advance(self, token_id: int) -> None:
         token = self.vocab.decoded[token_id] if token_id < len(self.vocab.decoded) else b""
@@ -117,6 +124,10 @@ class ClosingPressure(LogitsProcessor):
                     self.in_string = False
             elif byte == 0x22:
                 self.in_string, self.string_tokens = True, 0
+            elif byte in OPENERS:
+                self.open.append(byte)
+            elif byte in CLOSERS and self.open:
+                self.open.pop()
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if self.step > 0:
@@ -128,7 +139,10 @@ class ClosingPressure(LogitsProcessor):
                 scores[:, self.vocab.close_string.to(scores.device)] += CLOSING_BIAS
         elif closing or self.number_tokens >= self.string_cap:
             scores[:, self.vocab.close_container.to(scores.device)] += CLOSING_BIAS
-            scores[:, self.vocab.separator.to(scores.device)] += CLOSING_BIAS / 2
+            for closed, ids in self.vocab.separators.items():
+                # the comma of these tokens lands in the container left after `closed` closers
+                if len(self.open) > closed and self.open[-1 - closed] == OBJECT_OPEN:
+                    scores[:, ids.to(scores.device)] += CLOSING_BIAS / 2
         return scores
 
 
@@ -137,20 +151,26 @@ class ClosingVocab:
 
     A string closer is a quote followed by nothing but container closers (`"`, `"]`, `"}}`): `",` and
     `", "` are left out, as in an array they start the next item and a string array would never end.
+    A container closer has no comma either (`}`, `}]`, not `},`). Separators (`,`, `},`, `]],`) are
+    grouped by how many containers they close before their comma.
     """
 
     def __init__(self, decoded: list[bytes]) -> None:
         self.decoded = decoded
-        closing = [(i, t.lstrip()) for i, t in enumerate(decoded) if t.strip() and set(t) <= CLOSING_CHARS]
-        self.close_string = self._ids(closing, b'"', b"}] ")
-        self.close_container = self._ids(closing, b"}]", b"}], ")
-        self.separator = self._ids(closing, b",", b'}], "')
+        tokens = [(i, t.lstrip()) for i, t in enumerate(decoded) if t.strip()]
+        self.close_string = self._ids(tokens, _CLOSE_STRING)
+        self.close_container = self._ids(tokens, _CLOSE_CONTAINER)
+        by_closed: dict[int, list[int]] = {}
+        for i, token in tokens:
+            match = _SEPARATOR.fullmatch(token)
+            if match:
+                closed = sum(byte in CLOSERS for byte in match.group(1))
+                by_closed.setdefault(closed, []).append(i)
+        self.separators = {closed: torch.tensor(ids, dtype=torch.long) for closed, ids in sorted(by_closed.items())}
 
     @staticmethod
-    def _ids(tokens: list[tuple[int, bytes]], first: bytes, rest: bytes) -> torch.Tensor:
-        """Ids of tokens whose first byte is in `first` and whose other bytes are all in `rest`."""
-        ids = [i for i, t in tokens if t[0] in first and set(t[1:]) <= set(rest)]
-        return torch.tensor(ids, dtype=torch.long)
+    def _ids(tokens: list[tuple[int, bytes]], pattern: re.Pattern[bytes]) -> torch.Tensor:
+        return torch.tensor([i for i, t in tokens if pattern.fullmatch(t)], dtype=torch.long)
 
 
 # Compiled grammars are kept per model, least recently used first out, within this many bytes (xgrammar's

@@ -11,6 +11,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Literal
 
+from adapters.tool_calls import CallListReader, ParsedToolCall
 from gateway.services.output_mode import OutputMode
 from gateway.services.stops import split_at_marker
 
@@ -36,7 +37,8 @@ class ChoiceDecoder:
     starts_in_reasoning: bool = False
     _phase: str = "undecided"  # undecided → reasoning → content
     _buffer: str = ""
-    _captured: str | None = None  # tool-call text after the start marker (or everything, for required)
+    _captured: str | None = None  # tool-call text after the start marker (auto)
+    _call_list: CallListReader | None = None  # the whole output (required)
     _calls: int = 0
     events_so_far: list[Event] = field(default_factory=list)
 
@@ -46,7 +48,7 @@ class ChoiceDecoder:
         elif self.starts_in_reasoning:
             self._phase = "reasoning"
         if self.mode.kind == "tools_required":
-            self._captured = ""
+            self._call_list = CallListReader()
 
     def start(self) -> list[Event]:
         """Events known before any text: a named tool call opens at once."""
@@ -58,6 +60,8 @@ class ChoiceDecoder:
     def feed(self, text: str) -> list[Event]:
         if self.mode.kind == "tool_named":
             return [Event("tool_args", text)] if text else []
+        if self._call_list is not None:  # each call goes out as soon as its object is complete
+            return self._call_events(_as_text(self._call_list.feed(text)))
         if self._captured is not None:
             self._captured += text
             return []
@@ -105,27 +109,46 @@ class ChoiceDecoder:
             self._buffer = ""
         elif self._phase != "reasoning":
             events += self._content(final=True)
+        if self._call_list is not None:
+            events += self._finish_call_list()
         if self._captured is not None:
-            events += self._parse_captured(finish_reason)
+            events += self._parse_captured()
         if self._calls and finish_reason != "length":
             finish_reason = "tool_calls"
         return events, finish_reason
 
-    def _parse_captured(self, finish_reason: str) -> list[Event]:
+    def _finish_call_list(self) -> list[Event]:
+        """Forced calls: the complete ones went out already; the text of a call cut off by the budget
+        is dropped, never turned into content. Only when no call was complete does the cut one go
+        out, with its arguments as far as they got (OpenAI's `length` behaviour)."""
+        reader, self._call_list = self._call_list, None
+        if self._calls:
+            return []
+        cut = reader.cut_call()
+        if cut is not None:
+            return self._call_events([cut])
+        if reader.is_call_list() or not reader.text:
+            return []
+        return [Event("content", reader.text)]  # an engine without the grammar wrote something else
+
+    def _parse_captured(self) -> list[Event]:
         text, self._captured = self._captured or "", None
-        if self.mode.kind == "tools_required":
-            try:
-                calls = [(c["name"], c["arguments"]) for c in json.loads(text)]
-            except (json.JSONDecodeError, TypeError, KeyError):
-                calls = []
-        else:
-            calls = [(c.name, c.arguments) for c in self.mode.tool_format.parse(text)] if self.mode.tool_format else []
+        calls = self.mode.tool_format.parse(text) if self.mode.tool_format else []
         if not calls:  # not a well-formed call after all (or cut by max_tokens): it is text
             return [Event("content", text)] if text else []
+        return self._call_events(_as_text(calls))
+
+    def _call_events(self, calls: list[tuple[str, str]]) -> list[Event]:
+        """Start + arguments events for each (name, argument text)."""
         events = []
         for name, arguments in calls:
             index = self._calls
             self._calls += 1
             events.append(Event("tool_start", index=index, call_id=new_tool_call_id(), name=name))
-            events.append(Event("tool_args", json.dumps(arguments, ensure_ascii=False), index=index))
+            if arguments:
+                events.append(Event("tool_args", arguments, index=index))
         return events
+
+
+def _as_text(calls: list[ParsedToolCall]) -> list[tuple[str, str]]:
+    return [(c.name, json.dumps(c.arguments, ensure_ascii=False)) for c in calls]

@@ -2,7 +2,8 @@
 (tool_choice none/auto/required/named), and whether the template thinks in <think> blocks.
 
 Constrained modes get a grammar (xgrammar) so even a 135M model returns valid JSON / valid calls:
-required → a JSON array of {"name", "arguments"} objects matching the tools' schemas; a named tool →
+required → a JSON array of {"name", "arguments"} objects matching the tools' schemas (no more calls
+than tools offered; exactly one with parallel_tool_calls false); a named tool →
 its arguments object; json_object / json_schema → that schema.
 """
 
@@ -89,6 +90,13 @@ def _parameters(function: dict[str, Any]) -> dict[str, Any]:
 
 
 def _calls_schema(functions: dict[str, dict[str, Any]], parallel: bool) -> dict[str, Any]:
+    """The JSON array a forced call list must be: one call, or (parallel) at most as many as tools offered.
+
+    The bound is what ends the list: a small model otherwise repeats its call until the budget runs
+    out. A grammar cannot say "each tool at most once" without one rule per subset of the tools, so
+    with several tools offered one of them may still be called twice, but there are never more calls
+    than tools (and a single tool is called once).
+    """
     variants = [
         {
             "type": "object",
@@ -98,10 +106,7 @@ def _calls_schema(functions: dict[str, dict[str, Any]], parallel: bool) -> dict[
         }
         for name, function in functions.items()
     ]
-    schema: dict[str, Any] = {"type": "array", "items": {"anyOf": variants}, "minItems": 1}
-    if not parallel:
-        schema["maxItems"] = 1
-    return schema
+    return {"type": "array", "items": {"anyOf": variants}, "minItems": 1, "maxItems": len(variants) if parallel else 1}
 
 
 def _response_schema(response_format: dict[str, Any] | None) -> dict[str, Any] | None:

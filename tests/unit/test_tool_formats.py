@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import json
 
-from adapters.tool_calls import FORMATS, inject_tools, parse_hermes, parse_json_calls, template_renders_tools
+from adapters.tool_calls import (
+    FORMATS,
+    CallListReader,
+    ParsedToolCall,
+    inject_tools,
+    parse_hermes,
+    parse_json_calls,
+    template_renders_tools,
+)
 from gateway.services.chat_output import ChoiceDecoder
 from gateway.services.output_mode import OutputMode
 
@@ -91,14 +99,62 @@ def test_auto_mode_without_a_valid_call_is_plain_text() -> None:
     assert "".join(e.text for e in events) == "ends with <tool"
 
 
-def test_required_mode_parses_the_constrained_array_and_length_keeps_text() -> None:
+def test_required_mode_parses_the_constrained_array() -> None:
     decoder = ChoiceDecoder(OutputMode("tools_required"))
     events, reason = run(decoder, ['[{"name": "a", "arguments": {"x": 1}}', ', {"name": "b", "arguments": {}}]'])
     assert [e.name for e in events if e.kind == "tool_start"] == ["a", "b"]
     assert [e.index for e in events if e.kind == "tool_args"] == [0, 1]
+    assert [json.loads(e.text) for e in events if e.kind == "tool_args"] == [{"x": 1}, {}]
     assert reason == "tool_calls"
-    truncated, reason = run(ChoiceDecoder(OutputMode("tools_required")), ['[{"name": "a", "argu'], finish="length")
-    assert reason == "length" and [e.kind for e in truncated] == ["content"]
+
+
+def test_required_mode_sends_each_call_as_soon_as_it_is_complete() -> None:
+    decoder = ChoiceDecoder(OutputMode("tools_required"))
+    assert decoder.feed('[{"name": "a", "arguments": {"x": "}, {"}') == []  # braces inside a string
+    first = decoder.feed("}, ")
+    assert [(e.kind, e.index) for e in first] == [("tool_start", 0), ("tool_args", 0)]
+    assert json.loads(first[1].text) == {"x": "}, {"}
+    assert decoder.feed('{"name": "b", "argu') == []
+    assert [e.name for e in decoder.feed('ments": {}}]') if e.kind == "tool_start"] == ["b"]
+    assert decoder.finish("stop") == ([], "tool_calls")
+
+
+def test_required_mode_cut_by_the_budget_keeps_the_complete_calls_and_never_leaks_text() -> None:
+    complete = '[{"name": "f", "arguments": {}}, {"name": "f", "arguments": {}}, '
+    events, reason = run(
+        ChoiceDecoder(OutputMode("tools_required")), [complete, '{"name": "g", "arguments": {"q'], "length"
+    )
+    assert reason == "length"
+    assert [(e.kind, e.name or e.text) for e in events] == [
+        ("tool_start", "f"),
+        ("tool_args", "{}"),
+        ("tool_start", "f"),
+        ("tool_args", "{}"),
+    ]
+
+
+def test_required_mode_with_no_complete_call_returns_the_cut_one_or_nothing() -> None:
+    cut, reason = run(
+        ChoiceDecoder(OutputMode("tools_required")), ['[{"name": "get_weather", "arguments": {"ci'], "length"
+    )
+    assert reason == "length"
+    assert [(e.kind, e.name or e.text) for e in cut] == [("tool_start", "get_weather"), ("tool_args", '{"ci')]
+    nameless, reason = run(ChoiceDecoder(OutputMode("tools_required")), ['[{"name": "get_w'], finish="length")
+    assert reason == "length" and nameless == []
+    unconstrained, _ = run(ChoiceDecoder(OutputMode("tools_required")), ["no JSON at all"])
+    assert [(e.kind, e.text) for e in unconstrained] == [("content", "no JSON at all")]
+
+
+def test_call_list_reader() -> None:
+    reader = CallListReader()
+    assert reader.feed(' [{"name": "a", "arguments": {"k": [1, {"z": 2}]}},') == [
+        ParsedToolCall("a", {"k": [1, {"z": 2}]})
+    ]
+    assert reader.cut_call() is None and reader.is_call_list()
+    assert reader.feed(' {"name": "b\\"c", "arguments": ') == []
+    assert reader.cut_call() == ('b"c', "")
+    assert reader.feed("{}}]") == [ParsedToolCall('b"c', {})]
+    assert reader.feed("") == [] and reader.cut_call() is None
 
 
 def test_named_mode_opens_the_call_first_then_streams_arguments() -> None:

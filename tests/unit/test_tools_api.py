@@ -7,7 +7,7 @@ import json
 import pytest
 
 from gateway.engine.fake import FakeEngine
-from tests.unit.helpers import assert_envelope, open_gateway, sse_events
+from tests.unit.helpers import assert_envelope, finish_reasons, open_gateway, sse_events
 
 pytestmark = pytest.mark.anyio
 
@@ -121,3 +121,57 @@ async def test_json_modes_attach_a_grammar_and_show_the_schema() -> None:
     schema_req, object_req, text_req = engine.requests
     assert len(schema_req.params.logits_processors) == 2  # grammar mask + closing pressure
     assert object_req.params.logits_processors and not text_req.params.logits_processors
+
+
+def _call_grammar_accepts(engine: FakeEngine, request: int, text: str) -> bool:
+    """Whether the grammar the request was planned with accepts `text` as a complete output."""
+    import xgrammar as xgr
+
+    from tests.unit.helpers import qwen_tokenizer
+
+    mask = engine.requests[request].params.logits_processors[0]()
+    matcher = xgr.GrammarMatcher(mask.compiled_grammars[0])
+    tokens = qwen_tokenizer().encode(text, add_special_tokens=False)
+    return all(matcher.accept_token(t) for t in tokens) and matcher.accept_token(qwen_tokenizer().eos_token_id)
+
+
+async def test_forced_call_lists_hold_at_most_one_call_per_tool_and_one_without_parallel_calls() -> None:
+    engine = FakeEngine(pieces=['[{"name": "get_time", "arguments": {}}]'])
+    async with open_gateway(engine) as gw:
+        await gw.chat(messages=ASK, tools=TOOLS, tool_choice="required")
+        await gw.chat(messages=ASK, tools=TOOLS, tool_choice="required", parallel_tool_calls=False)
+        await gw.chat(messages=ASK, tools=TOOLS[1:], tool_choice={"type": "function", "function": {"name": "get_time"}})
+    time_call, weather_call = (
+        '{"name": "get_time", "arguments": {}}',
+        '{"name": "get_weather", "arguments": {"city": "X"}}',
+    )
+    assert _call_grammar_accepts(engine, 0, f"[{time_call}, {weather_call}]")
+    assert _call_grammar_accepts(engine, 0, f"[{time_call}, {time_call}]")  # a repeat, within the bound
+    assert not _call_grammar_accepts(engine, 0, f"[{time_call}, {weather_call}, {time_call}]")
+    assert _call_grammar_accepts(engine, 1, f"[{weather_call}]")
+    assert not _call_grammar_accepts(engine, 1, f"[{time_call}, {weather_call}]")
+    assert not _call_grammar_accepts(engine, 0, '[{"name": "get_time", "arguments": {"x": 1}}]')  # no-arg: {} only
+    assert _call_grammar_accepts(engine, 2, "{}") and not _call_grammar_accepts(engine, 2, "{} {}")  # named: ends
+
+
+LOOP = ['[{"name": "get_time", ', '"arguments": {}}', *[', {"name": "get_time", ', '"arguments": {}}'] * 20]
+
+
+async def test_forced_calls_cut_by_the_budget_come_back_as_tool_calls() -> None:
+    async with open_gateway(FakeEngine(pieces=LOOP)) as gw:
+        for cut_at in (5, 6):  # inside the third call / right after it
+            body = {"messages": ASK, "tools": TOOLS, "tool_choice": "required", "max_tokens": cut_at}
+            plain = (await gw.chat(**body)).json()["choices"][0]
+            events = sse_events((await gw.chat(stream=True, **body)).text)
+            complete = [("get_time", "{}")] * (cut_at // 2)
+            assert plain["finish_reason"] == "length" and plain["message"]["content"] is None
+            calls = plain["message"]["tool_calls"]
+            assert [(c["function"]["name"], c["function"]["arguments"]) for c in calls] == complete
+            deltas = [e["choices"][0]["delta"] for e in events if e["choices"]]
+            assert not "".join(d.get("content") or "" for d in deltas)
+            streamed: dict[int, dict] = {}
+            for call in (c for d in deltas for c in d.get("tool_calls") or []):
+                entry = streamed.setdefault(call["index"], {"name": call["function"].get("name"), "arguments": ""})
+                entry["arguments"] += call["function"].get("arguments") or ""
+            assert [(c["name"], c["arguments"]) for c in streamed.values()] == complete
+            assert finish_reasons(events) == ["length"]
