@@ -11,8 +11,8 @@ from fastapi import FastAPI
 
 from gateway.errors import install_error_handlers
 from gateway.middleware import JSONBodyMiddleware, RequestContextMiddleware
-from gateway.registry import ModelFactory, ModelRegistry
-from gateway.routes import chat, completions, health, models
+from gateway.registry import ModelFactory, ModelRegistry, RegistryStore
+from gateway.routes import admin, chat, completions, health, models
 from gateway.services.chat import ChatService
 from gateway.services.completions import CompletionService
 from gateway.settings import Settings
@@ -29,13 +29,25 @@ def default_factory(settings: Settings) -> ModelFactory:
     return build
 
 
+def build_registry(settings: Settings, factory: ModelFactory) -> ModelRegistry:
+    return ModelRegistry(
+        settings.model_specs(),
+        factory,
+        max_loaded_models=settings.max_loaded_models,
+        keep_alive=float(settings.keep_alive),
+        wait_seconds=settings.wait_for_model_seconds,
+        store=RegistryStore(settings.registry_state_file()),
+    )
+
+
 def create_app(settings: Settings | None = None, *, factory: ModelFactory | None = None) -> FastAPI:
     settings = settings or Settings()
-    registry = ModelRegistry(settings.model_specs(), factory or default_factory(settings))
+    registry = build_registry(settings, factory or default_factory(settings))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Load in the background: /health answers now, /health/ready turns 200 when the model is in.
+        # Load the preload models in the background: /health answers now, /health/ready turns 200 when
+        # they are in; the other models load on their first request.
         loading = asyncio.create_task(registry.load_all())
         try:
             yield
@@ -54,7 +66,7 @@ def create_app(settings: Settings | None = None, *, factory: ModelFactory | None
     app.state.chat_service = ChatService(registry, settings)
     app.state.completion_service = CompletionService(registry, settings)
     install_error_handlers(app)
-    for module in (chat, completions, models, health):
+    for module in (chat, completions, models, health, admin):
         app.include_router(module.router)
     app.add_middleware(JSONBodyMiddleware)
     app.add_middleware(RequestContextMiddleware)  # outermost: sees every response

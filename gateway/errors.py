@@ -4,8 +4,12 @@
     ├── InvalidRequestError             400 invalid_request_error
     │   ├── ContextLengthExceededError  400 code=context_length_exceeded
     │   └── UnsupportedParameterError   400 code=unsupported_parameter
+    │   └── ModelCapabilityError        400 code=model_capability (the model cannot do what the route asks)
+    ├── AuthenticationError             401 code=invalid_api_key (the /admin key)
     ├── ModelNotFoundError              404 code=model_not_found
-    ├── ModelNotReadyError              503 (loading or failed), Retry-After
+    ├── ModelExistsError                409 code=model_exists (POST /admin/models with a taken id)
+    ├── ModelNotReadyError              503 (failed, or no slot), Retry-After
+    │   └── ModelLoadingError           503 code=model_loading, Retry-After + error.estimated_time
     ├── OverloadedError                 429 code=overloaded (too many running + queued), Retry-After
     └── EngineError                     500 the engine failed while generating
 
@@ -58,10 +62,29 @@ class UnsupportedParameterError(InvalidRequestError):
     default_code = "unsupported_parameter"
 
 
+class ModelCapabilityError(InvalidRequestError):
+    default_code = "model_capability"
+
+
 class ModelNotFoundError(GatewayError):
     status_code = 404
     error_type = "invalid_request_error"
     default_code = "model_not_found"
+
+
+class AuthenticationError(GatewayError):
+    status_code = 401
+    error_type = "invalid_request_error"
+    default_code = "invalid_api_key"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class ModelExistsError(GatewayError):
+    status_code = 409
+    error_type = "invalid_request_error"
+    default_code = "model_exists"
 
 
 class ModelNotReadyError(GatewayError):
@@ -69,8 +92,8 @@ class ModelNotReadyError(GatewayError):
     error_type = "service_unavailable"
     default_code = "model_not_ready"
 
-    def __init__(self, message: str, *, retry_after: int = 5, permanent: bool = False) -> None:
-        super().__init__(message, param="model")
+    def __init__(self, message: str, *, retry_after: int = 5, permanent: bool = False, code: str | None = None) -> None:
+        super().__init__(message, param="model", code=code)
         self.retry_after = retry_after
         self.permanent = permanent
 
@@ -79,6 +102,22 @@ class ModelNotReadyError(GatewayError):
         if self.permanent:  # a failed load will not heal by retrying: stop the SDK's automatic retries
             headers["x-should-retry"] = "false"
         return headers
+
+
+class ModelLoadingError(ModelNotReadyError):
+    """The model is loading (or unloading before a reload): the hosted Inference API's
+    `{"error": "Model X is currently loading", "estimated_time": 20.0}`, in the OpenAI envelope."""
+
+    default_code = "model_loading"
+
+    def __init__(self, message: str, *, estimated_time: float) -> None:
+        super().__init__(message, retry_after=max(1, min(60, round(estimated_time))))
+        self.estimated_time = estimated_time
+
+    def to_dict(self) -> dict[str, Any]:
+        body = super().to_dict()
+        body["error"]["estimated_time"] = round(self.estimated_time, 1)
+        return body
 
 
 class OverloadedError(GatewayError):
@@ -134,7 +173,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(GatewayError)
     async def _gateway(_: Request, exc: GatewayError) -> JSONResponse:
-        if exc.status_code >= 500:
+        if exc.status_code >= 500 and not isinstance(exc, ModelLoadingError):  # loading is routine
             logger.error("request failed: %s", exc.message)
         return error_response(exc)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from gateway.engine.admission import reserve
 from gateway.errors import InvalidRequestError
 from gateway.models import ServedModel
-from gateway.registry import ModelRegistry
+from gateway.registry import CHAT, Lease, ModelRegistry
 from gateway.schemas.chat import (
     AssistantMessage,
     ChatChoice,
@@ -92,9 +92,10 @@ class ChatService:
         self.registry = registry
         self.settings = settings
 
-    def prepare(self, req: ChatCompletionRequest) -> ChatPlan:
+    def prepare(self, req: ChatCompletionRequest, lease: Lease | None = None) -> ChatPlan:
+        """`lease`: the model the route acquired for this request; without one, a ready model only."""
         req.log_ignored_fields()
-        model_id, served = self.registry.get(req.model)
+        model_id, served = (lease.model_id, lease.served) if lease else self.registry.get(req.model, CHAT)
         if req.top_logprobs and not req.logprobs:
             raise InvalidRequestError("top_logprobs requires logprobs to be true.", param="top_logprobs")
         stops = normalize_stop(req.stop, self.settings.max_stop_sequences)

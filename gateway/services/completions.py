@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from gateway.engine.admission import reserve
 from gateway.errors import InvalidRequestError, UnsupportedParameterError
 from gateway.models import ServedModel
-from gateway.registry import ModelRegistry
+from gateway.registry import COMPLETION, Lease, ModelRegistry
 from gateway.schemas.common import Usage
 from gateway.schemas.completions import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest
 from gateway.services.logprobs import extend_completion_logprobs
@@ -96,9 +96,10 @@ class CompletionService:
         self.registry = registry
         self.settings = settings
 
-    def prepare(self, req: CompletionRequest) -> CompletionPlan:
+    def prepare(self, req: CompletionRequest, lease: Lease | None = None) -> CompletionPlan:
+        """`lease`: the model the route acquired for this request; without one, a ready model only."""
         req.log_ignored_fields()
-        model_id, served = self.registry.get(req.model)
+        model_id, served = (lease.model_id, lease.served) if lease else self.registry.get(req.model, COMPLETION)
         if req.suffix:
             raise UnsupportedParameterError(
                 "suffix is not supported: this model has no fill-in-the-middle template.", param="suffix"

@@ -1,0 +1,20 @@
+"""The model registry: entries of several kinds, their lifecycle, leases, and runtime registrations."""
+
+from gateway.registry.core import ModelRegistry
+from gateway.registry.entry import ModelEntry, ModelState
+from gateway.registry.kinds import CHAT, COMPLETION, LocalKind, ModelFactory, ModelKind
+from gateway.registry.lease import Lease
+from gateway.registry.store import RegistryStore
+
+__all__ = [
+    "CHAT",
+    "COMPLETION",
+    "Lease",
+    "LocalKind",
+    "ModelEntry",
+    "ModelFactory",
+    "ModelKind",
+    "ModelRegistry",
+    "ModelState",
+    "RegistryStore",
+]
