@@ -23,7 +23,7 @@ from gateway.errors import (
 from gateway.registry.entry import ModelEntry, ModelState, Origin
 from gateway.registry.kinds import CHAT, ModelFactory, ModelKind, default_kinds
 from gateway.registry.lease import Lease
-from gateway.registry.lifecycle import Lifecycle
+from gateway.registry.lifecycle import Lifecycle, NoFreeSlot
 from gateway.registry.store import RegistryState, RegistryStore
 from gateway.settings import ModelSpec
 
@@ -146,12 +146,12 @@ class ModelRegistry:
             remaining = deadline - time.monotonic()
             if not wait or not isinstance(busy, ModelLoadingError) or task is None or remaining <= 0:
                 raise busy
-            try:
-                await asyncio.wait_for(asyncio.shield(task), remaining)
-            except TimeoutError:
-                raise self._not_ready(entry) from None
-            if entry.state is ModelState.UNLOADED and entry.error:  # the load gave up (no free slot)
+            done, _ = await asyncio.wait({task}, timeout=remaining)  # never cancels the shared task
+            if not done:
                 raise self._not_ready(entry)
+            # the load we waited for gave up for want of a slot; a later request starts a new one
+            if isinstance(outcome := _result(task), NoFreeSlot):
+                raise ModelNotReadyError(str(outcome), retry_after=10, code="model_capacity")
 
     def _release(self, entry: ModelEntry) -> None:
         self.lifecycle.call_on_loop(self._released, entry)
@@ -171,9 +171,6 @@ class ModelRegistry:
                 f"The model `{entry.name}` failed to load: {entry.error}", retry_after=60, permanent=True
             )
         if entry.state is ModelState.UNLOADED:
-            if entry.error:  # the last load found no free slot
-                error, entry.error = entry.error, None
-                return ModelNotReadyError(error, retry_after=10, code="model_capacity")
             self.lifecycle.start_load(entry)
         verb = "unloading (it reloads on demand)" if entry.state is ModelState.UNLOADING else "currently loading"
         return ModelLoadingError(
@@ -195,9 +192,12 @@ class ModelRegistry:
             if entry.state is ModelState.FAILED:
                 entry.state = ModelState.UNLOADED
             if entry.state is ModelState.UNLOADING and entry.unload_task is not None:
-                await asyncio.shield(entry.unload_task)
+                await asyncio.wait({entry.unload_task})
                 continue
-            await asyncio.shield(self.lifecycle.start_load(entry))
+            task = self.lifecycle.start_load(entry)
+            await asyncio.wait({task})
+            if isinstance(_result(task), NoFreeSlot):
+                raise ModelNotReadyError(str(_result(task)), retry_after=10, code="model_capacity")
             if entry.state is not ModelState.READY:
                 raise self._not_ready(entry)
         return entry
@@ -226,7 +226,7 @@ class ModelRegistry:
         entry.removed = True  # waiting requests now get 404; a load in progress is dropped when done
         await self.lifecycle.unload(entry, reason="removed", drain=drain)
         if entry.load_task is not None and not entry.load_task.done():
-            await asyncio.shield(entry.load_task)
+            await asyncio.wait({entry.load_task})
         self.lifecycle.cancel_idle(entry)
         self._entries.remove(entry)
         for alias in entry.spec.ids():
@@ -268,3 +268,10 @@ class ModelRegistry:
     def _persist(self) -> None:
         if self._store is not None:
             self._store.write(self._state)
+
+
+def _result(task: asyncio.Task) -> object:
+    """A finished load/unload task's outcome; None if it was cancelled (shutdown) or raised."""
+    if task.cancelled() or task.exception() is not None:
+        return None
+    return task.result()

@@ -97,14 +97,15 @@ class Lifecycle:
             self.notify()
         return entry.load_task
 
-    async def _load(self, entry: ModelEntry) -> None:
+    async def _load(self, entry: ModelEntry) -> NoFreeSlot | None:
+        """Returns the NoFreeSlot it gave up with, for the requests that waited on this load."""
         kind = self.kind(entry)
         try:
             await self._take_slot(entry)
         except NoFreeSlot as exc:
             entry.state, entry.error, entry.progress = ModelState.UNLOADED, str(exc), None
             self.notify()
-            return
+            return exc
         assert entry.progress is not None
         progress = entry.progress
 
@@ -131,7 +132,7 @@ class Lifecycle:
             entry.state, entry.error, entry.progress = ModelState.FAILED, f"{type(exc).__name__}: {exc}", None
             entry.holds_slot = False
             self.notify()
-            return
+            return None
         seconds = time.monotonic() - started
         entry.loads += 1
         entry.load_seconds = seconds
@@ -143,13 +144,14 @@ class Lifecycle:
             await self._close_handle(entry, handle)
             entry.state, entry.holds_slot, entry.progress = ModelState.UNLOADED, False, None
             self.notify()
-            return
+            return None
         entry.served, entry.state, entry.progress = handle, ModelState.READY, None
         entry.idle_since = time.monotonic()
         logger.info("model %s: ready in %.1f s (memory +%d MiB)", entry.name, seconds, (entry.memory_bytes or 0) // MiB)
         if entry.keep_alive >= 0:
             self.schedule_idle(entry, max(entry.keep_alive, LOAD_GRACE_SECONDS))
         self.notify()
+        return None
 
     async def _take_slot(self, entry: ModelEntry) -> None:
         """Count the entry against max_loaded_models, evicting the least recently used idle model if full."""
@@ -169,7 +171,7 @@ class Lifecycle:
             if remaining <= 0:
                 raise NoFreeSlot(
                     f"All {self.max_loaded} model slots (max_loaded_models) are busy serving requests; "
-                    f"none could be unloaded for `{entry.name}` within {self.wait_seconds:.0f} s."
+                    f"none could be unloaded for `{entry.name}` within {self.wait_seconds:g} s."
                 )
             if entry.progress is not None:
                 entry.progress.stage = "waiting for a free slot (max_loaded_models)"
@@ -182,10 +184,10 @@ class Lifecycle:
         self.bind_loop()
         while True:
             if entry.unload_task is not None:
-                await asyncio.shield(entry.unload_task)
+                await asyncio.wait({entry.unload_task})  # waits without cancelling it or raising its errors
                 return
             if entry.state is ModelState.LOADING and entry.load_task is not None:
-                await asyncio.shield(entry.load_task)
+                await asyncio.wait({entry.load_task})
                 continue
             if entry.state is not ModelState.READY:
                 return

@@ -48,9 +48,7 @@ async def test_readiness_while_loading_then_ready():
             assert float(r.headers["retry-after"]) > 0
             assert r.json()["status"] == "loading"
             r = await gw.chat()
-            error = assert_envelope(
-                r, 503, code="model_loading", error_type="service_unavailable", extra=LOADING_EXTRA
-            )
+            error = assert_envelope(r, 503, code="model_loading", error_type="service_unavailable", extra=LOADING_EXTRA)
             assert "loading" in error["message"]
             assert error["estimated_time"] > 0
             assert 0 < float(r.headers["retry-after"]) <= 60
