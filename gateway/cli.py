@@ -8,6 +8,7 @@ import types
 import typing
 from typing import Any, get_args, get_origin
 
+from gateway.admin_cli import add_models_command, run_models_command
 from gateway.settings import Settings
 
 
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
             kwargs["type"] = base
         kwargs["help"] += f" [env GANTRY_{name.upper()}; default: {field.get_default(call_default_factory=True)!r}]"
         serve.add_argument(_flag(name), **kwargs)
+    add_models_command(commands)
     return parser
 
 
@@ -54,6 +56,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.command == "models":
+        raise SystemExit(run_models_command(args))
     settings = settings_from_args(args)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import uvicorn
