@@ -49,7 +49,9 @@ async def test_register_use_restart_remove(tmp_path):
         assert r.json()["state"] == "unloaded" and r.json()["origin"] == "runtime" and r.json()["keep_alive"] == 300
         assert (await m.chat("rt", wait=True)).status_code == 200
         assert_envelope(await m.admin("POST", "/models", json=spec), 409, code="model_exists")
-        assert_envelope(await m.admin("POST", "/models", json={"name": "a2", "aliases": ["model-a"], "source": "s"}), 409)
+        assert_envelope(
+            await m.admin("POST", "/models", json={"name": "a2", "aliases": ["model-a"], "source": "s"}), 409
+        )
         bad = await m.admin("POST", "/models", json={"name": "bad", "source": "s", "keep_alive": "soon"})
         assert_envelope(bad, 400)
         assert_envelope(await m.admin("POST", "/models", json={"name": "bad", "source": "s", "nope": 1}), 400)
