@@ -171,7 +171,8 @@ class ModelRegistry:
                 f"The model `{entry.name}` failed to load: {entry.error}", retry_after=60, permanent=True
             )
         if entry.state is ModelState.UNLOADED:
-            self.lifecycle.start_load(entry)
+            # `get` may be called from a worker thread (prepare off the loop): the load starts on the loop
+            self.lifecycle.call_on_loop(self.lifecycle.start_load, entry)
         verb = "unloading (it reloads on demand)" if entry.state is ModelState.UNLOADING else "currently loading"
         return ModelLoadingError(
             f"Model {entry.name} is {verb}; retry after Retry-After seconds or send `x-wait-for-model: true`.",
