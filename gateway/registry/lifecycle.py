@@ -8,10 +8,12 @@ request taking a lease. One load task per entry: concurrent first requests await
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 import psutil
 
@@ -20,6 +22,7 @@ from gateway.registry.entry import LoadProgress, ModelEntry, ModelState
 from gateway.registry.kinds import ModelKind, free_memory
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 LOAD_GRACE_SECONDS = 10.0  # a freshly loaded model waits this long for the client whose request loaded it
 DEFAULT_LOAD_SECONDS = 20.0  # estimate when nothing was measured yet (the Inference API's usual answer)
@@ -32,6 +35,33 @@ class NoFreeSlot(Exception):
 
 def rss_bytes() -> int:
     return psutil.Process().memory_info().rss
+
+
+async def in_daemon_thread(work: Callable[[], T], *, name: str) -> T:
+    """Run `work` in its own daemon thread (with this context, for progress reports). Not asyncio.to_thread:
+    the default executor's threads are joined at exit, so a shutdown during a minutes-long load would hang."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+    context = contextvars.copy_context()
+
+    def settle(outcome: T | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(outcome)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            outcome, error = context.run(work), None
+        except BaseException as exc:  # handed to the awaiting task
+            outcome, error = None, exc
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(settle, outcome, error)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return await future
 
 
 class Lifecycle:
@@ -122,7 +152,7 @@ class Lifecycle:
         logger.info("model %s: loading (%s kind)", entry.name, entry.kind)
         before, started = rss_bytes(), time.monotonic()
         try:
-            handle = await asyncio.to_thread(build)
+            handle = await in_daemon_thread(build, name=f"load-{entry.name}")
         except asyncio.CancelledError:  # shutdown: the thread finishes on its own, nobody waits for it
             entry.state, entry.progress, entry.holds_slot = ModelState.UNLOADED, None, False
             raise
