@@ -246,8 +246,9 @@ class ModelRegistry:
             self.lifecycle.cancel_idle(entry)
             if entry.load_task is not None and not entry.load_task.done():
                 entry.load_task.cancel()
-        for entry in self.entries():
-            await self.lifecycle.unload(entry, reason="shutdown", drain=0.0)
+        # all engines close together, and nothing is collected one model at a time: shutdown stays quick
+        unloads = [self.lifecycle.unload(e, reason="shutdown", drain=0.0, free=False) for e in self.entries()]
+        await asyncio.gather(*unloads, return_exceptions=True)
 
     # ---- internals ----------------------------------------------------------------------------------
     def _register(self, spec: ModelSpec, origin: Origin, *, default_preload: bool) -> ModelEntry:

@@ -208,9 +208,10 @@ class Lifecycle:
             await self.wait_changed(min(remaining, 1.0))
 
     # ---- unloading ----------------------------------------------------------------------------------
-    async def unload(self, entry: ModelEntry, *, reason: str, drain: float = 0.0) -> None:
+    async def unload(self, entry: ModelEntry, *, reason: str, drain: float = 0.0, free: bool = True) -> None:
         """Unload the entry (waiting for a load in progress first). In-flight requests get `drain` seconds
-        to finish; whatever still runs after that is aborted by closing the engine."""
+        to finish; whatever still runs after that is aborted by closing the engine. `free`: collect and return
+        the memory to the OS (skipped at shutdown, where the process exit does it at once)."""
         self.bind_loop()
         while True:
             if entry.unload_task is not None:
@@ -223,10 +224,11 @@ class Lifecycle:
                 return
             entry.state = ModelState.UNLOADING  # from here no new lease is handed out
             self.cancel_idle(entry)
-            entry.unload_task = asyncio.create_task(self._unload(entry, reason, drain), name=f"unload-{entry.name}")
+            unloading = self._unload(entry, reason, drain, free)
+            entry.unload_task = asyncio.create_task(unloading, name=f"unload-{entry.name}")
             self.notify()
 
-    async def _unload(self, entry: ModelEntry, reason: str, drain: float) -> None:
+    async def _unload(self, entry: ModelEntry, reason: str, drain: float, free: bool) -> None:
         try:
             deadline = time.monotonic() + drain
             while entry.in_use > 0 and (remaining := deadline - time.monotonic()) > 0:
@@ -237,6 +239,9 @@ class Lifecycle:
             handle, entry.served = entry.served, None
             await self._close_handle(entry, handle)
             del handle
+            if not free:
+                logger.info("model %s: unloaded (%s)", entry.name, reason)
+                return
             free_memory()  # after the last reference is gone, or the collector frees nothing
             logger.info(
                 "model %s: unloaded (%s); RSS %d → %d MiB", entry.name, reason, before // MiB, rss_bytes() // MiB
