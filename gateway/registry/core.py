@@ -153,10 +153,12 @@ class ModelRegistry:
             if isinstance(outcome := _result(task), NoFreeSlot):
                 raise ModelNotReadyError(str(outcome), retry_after=10, code="model_capacity")
 
-    def _release(self, entry: ModelEntry) -> None:
-        self.lifecycle.call_on_loop(self._released, entry)
+    def _release(self, entry: ModelEntry, generation: int) -> None:
+        self.lifecycle.call_on_loop(self._released, entry, generation)
 
-    def _released(self, entry: ModelEntry) -> None:
+    def _released(self, entry: ModelEntry, generation: int) -> None:
+        if generation != entry.loads:  # a lease on a load that a forced unload already ended: not counted
+            return
         entry.in_use = max(0, entry.in_use - 1)
         entry.last_used = time.time()
         entry.idle_since = time.monotonic()

@@ -18,8 +18,9 @@ T = TypeVar("T")
 
 
 class Lease:
-    def __init__(self, entry: ModelEntry, model_id: str, on_release: Callable[[ModelEntry], None]) -> None:
+    def __init__(self, entry: ModelEntry, model_id: str, on_release: Callable[[ModelEntry, int], None]) -> None:
         self.entry = entry
+        self.generation = entry.loads  # which load of the model this lease holds (a forced unload ends it)
         self.model_id = model_id  # the id the client asked for (an alias stays an alias), echoed back
         self.served: Any = entry.served  # the kind's handle (ServedModel for `local`)
         self._on_release = on_release
@@ -34,7 +35,7 @@ class Lease:
                 return
             self._released = True
         self.served = None
-        self._on_release(self.entry)
+        self._on_release(self.entry, self.generation)
 
     @property
     def released(self) -> bool:

@@ -248,6 +248,7 @@ class Lifecycle:
             )
         finally:
             entry.state, entry.holds_slot, entry.unload_task = ModelState.UNLOADED, False, None
+            entry.in_use = 0  # requests aborted by closing the engine no longer hold this model
             self.notify()
 
     async def _close_handle(self, entry: ModelEntry, handle: object) -> None:

@@ -156,6 +156,15 @@ async def test_unload_drains_running_requests_and_force_aborts_them(tmp_path):
         assert await wait_until(lambda: m.registry.find("model-a").in_use == 1, timeout=5)
         r = await m.admin("POST", "/models/model-a/unload", key="k", params={"force": "true"})
         assert r.json()["state"] == "unloaded" and models.engines["model-a"][1].closed
+        assert m.registry.find("model-a").in_use == 0
+        # The fake engine ignores close, so the aborted stream ends later: its lease must not count against
+        # the next load's requests.
+        fresh = asyncio.create_task(m.chat("model-a", stream=True, wait=True))
+        assert await wait_until(lambda: m.registry.find("model-a").in_use == 1, timeout=5)
+        await stream
+        assert m.registry.find("model-a").in_use == 1 and not fresh.done()
+        await fresh
+        assert m.registry.find("model-a").in_use == 0
 
 
 async def test_client_disconnect_releases_the_lease(tmp_path):
