@@ -32,7 +32,8 @@ class ModelKind(Protocol):
         ...
 
     async def unload(self, handle: Any) -> None:
-        """Stop the handle's work (in-flight requests end with an error) and free what it holds."""
+        """Stop the handle's work (in-flight requests end with an error) and drop what it caches; the
+        registry then drops its last reference and collects (`free_memory`)."""
         ...
 
     def describe(self, handle: Any) -> dict[str, Any]:
@@ -60,9 +61,7 @@ class LocalKind:
 
     async def unload(self, handle: ServedModel) -> None:
         await handle.engine.close()  # running sequences end with an error, the engine thread exits
-        handle.grammar = None
-        del handle
-        free_memory()
+        handle.grammar = None  # compiled grammars hold tokenizer-sized tables
 
     def describe(self, handle: ServedModel) -> dict[str, Any]:
         return handle.describe()
