@@ -19,8 +19,8 @@ from gateway.middleware import (
     RequestContextMiddleware,
 )
 from gateway.openapi import install_openapi
-from gateway.registry import ModelFactory, ModelRegistry
-from gateway.routes import chat, completions, health, models
+from gateway.registry import ModelFactory, ModelRegistry, RegistryStore
+from gateway.routes import admin, chat, completions, health, models
 from gateway.services.chat import ChatService
 from gateway.services.completions import CompletionService
 from gateway.services.workers import WorkerPool
@@ -40,14 +40,26 @@ def default_factory(settings: Settings) -> ModelFactory:
     return build
 
 
+def build_registry(settings: Settings, factory: ModelFactory) -> ModelRegistry:
+    return ModelRegistry(
+        settings.model_specs(),
+        factory,
+        max_loaded_models=settings.max_loaded_models,
+        keep_alive=float(settings.keep_alive),
+        wait_seconds=settings.wait_for_model_seconds,
+        store=RegistryStore(settings.registry_state_file()),
+    )
+
+
 def create_app(settings: Settings | None = None, *, factory: ModelFactory | None = None) -> FastAPI:
     settings = settings or Settings()
-    registry = ModelRegistry(settings.model_specs(), factory or default_factory(settings))
+    registry = build_registry(settings, factory or default_factory(settings))
     shutdown = Shutdown(settings.shutdown_grace_seconds)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Load in the background: /health answers now, /health/ready turns 200 when the model is in.
+        # Load the preload models in the background: /health answers now, /health/ready turns 200 when
+        # they are in; the other models load on their first request.
         loading = asyncio.create_task(registry.load_all())
         try:
             yield
@@ -77,7 +89,7 @@ def create_app(settings: Settings | None = None, *, factory: ModelFactory | None
     app.state.chat_service = ChatService(registry, settings, workers)
     app.state.completion_service = CompletionService(registry, settings, workers)
     install_error_handlers(app)
-    for module in (chat, completions, models, health):
+    for module in (chat, completions, models, health, admin):
         app.include_router(module.router)
     install_openapi(app)
     install_middleware(app, settings)

@@ -15,6 +15,7 @@ from typing import Any, get_args, get_origin
 from pydantic import BaseModel
 
 from adapters import AdapterRegistry
+from gateway.admin_cli import add_models_command, run_models_command
 from gateway.settings import Settings
 
 
@@ -81,6 +82,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         default = shown_default(field.get_default(call_default_factory=True))
         kwargs["help"] += f" [env GANTRY_{name.upper()}" + (f"; default: {default}]" if default else "]")
         serve.add_argument(_flag(name), **kwargs)
+    add_models_command(commands)
     return parser
 
 
@@ -91,6 +93,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.command == "models":
+        raise SystemExit(run_models_command(args))
     settings = settings_from_args(args)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import uvicorn

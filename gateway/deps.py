@@ -20,6 +20,12 @@ def _registry(request: Request) -> ModelRegistry:
     return request.app.state.registry
 
 
+def _wait_for_model(request: Request) -> bool:
+    """`x-wait-for-model: true` (the Inference API's options.wait_for_model): wait for a loading model
+    instead of getting 503 model_loading."""
+    return request.headers.get("x-wait-for-model", "").strip().lower() in ("true", "1", "yes")
+
+
 def _chat(request: Request) -> ChatService:
     return request.app.state.chat_service
 
@@ -30,5 +36,6 @@ def _completions(request: Request) -> CompletionService:
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
 RegistryDep = Annotated[ModelRegistry, Depends(_registry)]
+WaitForModelDep = Annotated[bool, Depends(_wait_for_model)]
 ChatServiceDep = Annotated[ChatService, Depends(_chat)]
 CompletionServiceDep = Annotated[CompletionService, Depends(_completions)]

@@ -4,11 +4,15 @@
     ├── InvalidRequestError             400 invalid_request_error
     │   ├── ContextLengthExceededError  400 code=context_length_exceeded
     │   ├── LimitExceededError          400 code=limit_exceeded (a configured bound; retrying cannot help)
-    │   └── UnsupportedParameterError   400 code=unsupported_parameter
+    │   ├── UnsupportedParameterError   400 code=unsupported_parameter
+    │   └── ModelCapabilityError        400 code=model_capability (the model cannot do what the route asks)
+    ├── AuthenticationError             401 code=invalid_api_key (the /admin key)
+    ├── ModelNotFoundError              404 code=model_not_found
+    ├── ModelExistsError                409 code=model_exists (POST /admin/models with a taken id)
     ├── PayloadTooLargeError            413 code=request_too_large (body over max_body_bytes)
     ├── UnsupportedMediaTypeError       415 code=unsupported_media_type (body not sent as JSON)
-    ├── ModelNotFoundError              404 code=model_not_found
-    ├── ModelNotReadyError              503 (loading or failed), Retry-After
+    ├── ModelNotReadyError              503 (failed, or no slot), Retry-After
+    │   └── ModelLoadingError           503 code=model_loading, Retry-After + error.estimated_time
     ├── OverloadedError                 429 code=overloaded (too many running + queued), Retry-After
     ├── ShuttingDownError               503 code=server_shutting_down, Retry-After (see gateway/shutdown.py)
     └── EngineError                     500 the engine failed while generating
@@ -84,10 +88,29 @@ class UnsupportedMediaTypeError(GatewayError):
     default_code = "unsupported_media_type"
 
 
+class ModelCapabilityError(InvalidRequestError):
+    default_code = "model_capability"
+
+
 class ModelNotFoundError(GatewayError):
     status_code = 404
     error_type = "invalid_request_error"
     default_code = "model_not_found"
+
+
+class AuthenticationError(GatewayError):
+    status_code = 401
+    error_type = "invalid_request_error"
+    default_code = "invalid_api_key"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class ModelExistsError(GatewayError):
+    status_code = 409
+    error_type = "invalid_request_error"
+    default_code = "model_exists"
 
 
 class ModelNotReadyError(GatewayError):
@@ -95,8 +118,8 @@ class ModelNotReadyError(GatewayError):
     error_type = "service_unavailable"
     default_code = "model_not_ready"
 
-    def __init__(self, message: str, *, retry_after: int = 5, permanent: bool = False) -> None:
-        super().__init__(message, param="model")
+    def __init__(self, message: str, *, retry_after: int = 5, permanent: bool = False, code: str | None = None) -> None:
+        super().__init__(message, param="model", code=code)
         self.retry_after = retry_after
         self.permanent = permanent
 
@@ -110,6 +133,22 @@ class ModelNotReadyError(GatewayError):
         # A request during a load is expected traffic (the access log shows its 503); the failed load itself
         # was logged at ERROR when it happened.
         return logging.WARNING if self.permanent else logging.DEBUG
+
+
+class ModelLoadingError(ModelNotReadyError):
+    """The model is loading (or unloading before a reload): the hosted Inference API's
+    `{"error": "Model X is currently loading", "estimated_time": 20.0}`, in the OpenAI envelope."""
+
+    default_code = "model_loading"
+
+    def __init__(self, message: str, *, estimated_time: float) -> None:
+        super().__init__(message, retry_after=max(1, min(60, round(estimated_time))))
+        self.estimated_time = estimated_time
+
+    def to_dict(self) -> dict[str, Any]:
+        body = super().to_dict()
+        body["error"]["estimated_time"] = round(self.estimated_time, 1)
+        return body
 
 
 class OverloadedError(GatewayError):

@@ -24,15 +24,19 @@ REF = "#/components/schemas/{model}"
 ERROR_DESCRIPTIONS = {
     400: "Invalid request: malformed JSON, a field of the wrong type or out of range, an unsupported parameter, "
     "or a prompt longer than the model's context.",
-    404: "No such model is served here.",
+    401: "The admin key is missing or wrong (`Authorization: Bearer <GANTRY_ADMIN_KEY>`).",
+    404: "No such model is served here (and every /admin route while no admin key is configured).",
+    409: "A model with that id is already registered.",
     413: "The request body is larger than the configured limit.",
     415: "The request body is not declared as JSON (`Content-Type: application/json`).",
     429: "Every running and queued place for the model is taken; retry after `Retry-After` seconds.",
     500: "Generation failed inside the engine; the same request would fail again.",
-    503: "The model is still loading (retry after `Retry-After` seconds) or failed to load.",
+    503: "The model is loading (code `model_loading`, with `estimated_time`; retry after `Retry-After` seconds or "
+    "send `x-wait-for-model: true`), failed to load, or the server is shutting down.",
 }
 RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}}
 GENERATION_ERRORS = (400, 404, 413, 415, 429, 500, 503)
+ADMIN_ERRORS = (401, 404)
 
 
 @dataclass(frozen=True)
@@ -47,7 +51,12 @@ OPERATIONS: dict[tuple[str, str], Documented] = {
     ("get", "/v1/models"): Documented(),
     ("get", "/v1/models/{model_id}"): Documented((404,)),
     ("get", "/health"): Documented(),
-    ("get", "/health/ready"): Documented((503,)),  # its 503 body carries the envelope beside status and models
+    ("get", "/health/ready"): Documented((404, 503)),  # its 503 body carries the envelope beside status and models
+    ("get", "/admin/models"): Documented(ADMIN_ERRORS),
+    ("post", "/admin/models"): Documented((400, *ADMIN_ERRORS, 409, 413, 415)),
+    ("post", "/admin/models/{model_id}/load"): Documented((*ADMIN_ERRORS, 503)),
+    ("post", "/admin/models/{model_id}/unload"): Documented(ADMIN_ERRORS),
+    ("delete", "/admin/models/{model_id}"): Documented(ADMIN_ERRORS),
 }
 
 

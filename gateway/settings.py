@@ -7,11 +7,12 @@ without one, the single model described by the `model*` fields is served.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 EMBEDDED_MODEL = "embedded"
@@ -34,6 +35,29 @@ EMBEDDED_DEFAULT_MAX_TOKENS = 256
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 EngineKind = Literal["auto", "batched", "simple"]
 Quantization = Literal["none", "int8"]
+ModelKindName = Literal["local"]  # later kinds (upstream, embedding, pipeline) join this list
+
+_DURATION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> float | None:
+    """Seconds from a number or a duration like `30s`, `5m`, `1h` (Ollama's keep_alive spelling);
+    any negative value means "never" and comes back as -1."""
+    if value is None or isinstance(value, bool):
+        return None if value is None else _bad_duration(value)
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if match is None:
+            return _bad_duration(value)
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    return -1.0 if seconds < 0 else seconds
+
+
+def _bad_duration(value: Any) -> float:
+    raise ValueError(f"{value!r} is not a duration: use seconds (30), a duration (`30s`, `5m`, `1h`) or -1")
 
 
 class SamplingDefaults(BaseModel):
@@ -114,11 +138,27 @@ class ModelSpec(BaseModel):
     default_max_tokens: int | None = Field(
         default=None,
         ge=0,
-        description="Max new tokens when a request sets none (chat; completions keep OpenAI's 16 unless the "
-        "request sends null); unset: the server-wide default_max_tokens, else the model's generation_config "
-        f"max_new_tokens, else {EMBEDDED_DEFAULT_MAX_TOKENS} for the embedded model and the rest of the "
-        "context window for others; 0 = the rest of the context window.",
+        description="Max new tokens when a chat request sets none (completions keep OpenAI's 16); unset: the "
+        "server-wide default_max_tokens, else the model's generation_config max_new_tokens, else "
+        f"{EMBEDDED_DEFAULT_MAX_TOKENS} for the embedded model and the rest of the context window for others; "
+        "0 = the rest of the context window.",
     )
+
+    kind: ModelKindName = Field(
+        default="local", description="What serves the entry: local = a transformers LLM in this process."
+    )
+    preload: bool | None = Field(
+        default=None,
+        description="Load at server start; default: true for the first model, false for the others (they "
+        "load on their first request).",
+    )
+    keep_alive: float | None = Field(
+        default=None,
+        description="Unload after this long without requests: seconds or a duration (`30s`, `5m`, `1h`); "
+        "-1 = never; 0 = as soon as it is idle. Default: the server's keep_alive.",
+    )
+
+    _keep_alive_duration = field_validator("keep_alive", mode="before")(parse_duration)
 
     def ids(self) -> list[str]:
         return [self.name, *self.aliases]
@@ -249,8 +289,35 @@ class Settings(BaseSettings):
         "(new requests get 503 at once).",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
+    keep_alive: float | str = Field(  # `| str`: the generated CLI flag then accepts `5m` (validated to seconds)
+        default=-1.0,
+        description="Default idle time before a model is unloaded (seconds or `5m`; -1 = never; 0 = when idle); "
+        "a model's own keep_alive wins.",
+    )
+    max_loaded_models: int | None = Field(
+        default=None,
+        ge=1,
+        description="Most models loaded at once; loading another unloads the least recently used idle one. "
+        "Default: no limit.",
+    )
+    wait_for_model_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="Longest a request sent with `x-wait-for-model: true` waits for its model to load "
+        "(also how long a load waits for a free slot under max_loaded_models).",
+    )
+    admin_key: SecretStr | None = Field(
+        default=None,
+        description="Bearer token for the /admin API (load, unload, add, remove models); unset = /admin is off.",
+    )
+    state_file: Path | None = Field(
+        default=None,
+        description="JSON file keeping models added or removed through /admin across restarts; default "
+        "<models file>.state.json beside the models file, else <cache_dir>/models.state.json.",
+    )
 
     _sampling_json = field_validator("sampling", mode="before")(_json_object)
+    _keep_alive_duration = field_validator("keep_alive", mode="before")(parse_duration)
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -260,7 +327,7 @@ class Settings(BaseSettings):
             return json.loads(text) if text.startswith("[") else [o.strip() for o in text.split(",") if o.strip()]
         return value
 
-    @field_validator("cache_dir", "models_file", "chat_template", mode="after")
+    @field_validator("cache_dir", "models_file", "chat_template", "state_file", mode="after")
     @classmethod
     def _expand_home(cls, value: Path | None) -> Path | None:
         return value.expanduser() if value is not None else None
@@ -278,6 +345,15 @@ class Settings(BaseSettings):
                 for spec in specs
             ]
         return [self.single_model_spec()]
+
+    def registry_state_file(self) -> Path:
+        """Where runtime registrations (/admin) are kept: the setting, or beside the models file, or in
+        the cache directory."""
+        if self.state_file is not None:
+            return self.state_file
+        if self.models_file is not None:
+            return self.models_file.with_name(self.models_file.stem + ".state.json")
+        return self.cache_dir / "models.state.json"
 
     def single_model_spec(self) -> ModelSpec:
         name = self.served_model_name or default_model_name(self.model)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -29,8 +28,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gateway.errors import ShuttingDownError
 
 logger = logging.getLogger(__name__)
-
 T = TypeVar("T")
+
 # After the grace period the aborted requests need one decode step to wind down; bound that wait too.
 ABORT_WAIT_SECONDS = 2.0
 # Liveness stays 200 while draining (the process is alive); everything else, readiness included, gets the 503.
@@ -180,32 +179,3 @@ async def _refuse(send: Send) -> None:
     headers.append((b"connection", b"close"))  # this server is going away: do not keep the connection
     await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
     await send({"type": "http.response.body", "body": body})
-
-
-async def to_daemon_thread(fn: Callable[..., T], *args: Any) -> T:
-    """asyncio.to_thread on a daemon thread: a model load still running at shutdown must not hold up the exit
-    (the default executor's threads are joined by asyncio.run and at interpreter exit, for minutes)."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
-
-    def settle(outcome: Callable[[], None]) -> None:
-        if not future.done():
-            outcome()
-
-    def run() -> None:
-        try:
-            result = fn(*args)
-        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
-            _call_soon(loop, settle, lambda error=exc: future.set_exception(error))
-        else:
-            _call_soon(loop, settle, lambda: future.set_result(result))
-
-    threading.Thread(target=run, name=f"load-{getattr(fn, '__name__', 'work')}", daemon=True).start()
-    return await future
-
-
-def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:
-    try:
-        loop.call_soon_threadsafe(fn, *args)
-    except RuntimeError:  # the loop is closed: the server has gone, nobody is waiting
-        pass

@@ -13,6 +13,7 @@ from gateway.engine.hf import HFEngine
 from gateway.engine.loader import hide_triton_without_gpu, load_model, load_tokenizer, materialize, read_config
 from gateway.engine.speed import bound_onednn_caches, release_free_memory
 from gateway.models import ServedModel
+from gateway.progress import report
 from gateway.settings import EMBEDDED_DEFAULT_MAX_TOKENS, EMBEDDED_MODEL, EMBEDDED_SAMPLING, ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ def build_served_model(spec: ModelSpec, *, cache_dir: Any, adapters: AdapterRegi
     hide_triton_without_gpu()
     bound_onednn_caches()  # before this process builds its first oneDNN primitive
     adapters = adapters or AdapterRegistry()
+    report("files (download / GGUF dequantization on first use)", 0.0)
     model_dir = materialize(spec, cache_dir)
     config = read_config(model_dir)
     borrower = adapters.external_tokenizer_family(config=config, explicit=spec.family)
@@ -71,6 +73,7 @@ def build_served_model(spec: ModelSpec, *, cache_dir: Any, adapters: AdapterRegi
             f"{spec.name}: the {borrower.name} family ships no tokenizer; give one with --tokenizer "
             "(OpenELM uses Llama-2's, e.g. a local copy of meta-llama/Llama-2-7b-hf)."
         )
+    report("tokenizer", 0.25)
     tokenizer = load_tokenizer(spec, model_dir)
     adapter = adapters.resolve(
         config=config,
@@ -78,6 +81,7 @@ def build_served_model(spec: ModelSpec, *, cache_dir: Any, adapters: AdapterRegi
         model_name=spec.name if spec.source == EMBEDDED_MODEL else spec.source,
         explicit=spec.family,
     )
+    report("weights to device", 0.4)
     loaded = load_model(
         spec, model_dir, tokenizer, trust_remote_code=spec.trust_remote_code or adapter.trust_remote_code
     )
@@ -89,6 +93,7 @@ def build_served_model(spec: ModelSpec, *, cache_dir: Any, adapters: AdapterRegi
         chat_template_override=spec.chat_template.read_text(encoding="utf-8") if spec.chat_template else None,
         allow_plain_chat=spec.plain_chat_template,
     )
+    report("engine", 0.9)
     engine, kind = build_engine(spec, loaded.model, tokenizer, pad_token_id=pipeline.pad_token_id)
     served = ServedModel(
         spec=spec,

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from gateway.deps import CompletionServiceDep, SettingsDep
+from gateway.deps import CompletionServiceDep, RegistryDep, SettingsDep, WaitForModelDep
+from gateway.registry import COMPLETION
 from gateway.schemas.completions import Completion, CompletionRequest
 from gateway.streaming import sse_response, until_disconnect
 
@@ -11,9 +12,16 @@ router = APIRouter(prefix="/v1", tags=["openai"])
 
 @router.post("/completions", response_model=Completion)
 async def create_completion(
-    body: CompletionRequest, request: Request, service: CompletionServiceDep, settings: SettingsDep
+    body: CompletionRequest,
+    request: Request,
+    service: CompletionServiceDep,
+    settings: SettingsDep,
+    registry: RegistryDep,
+    wait: WaitForModelDep,
 ):
-    plan = await service.prepare_off_loop(body)
-    if body.stream:
-        return sse_response(request, service.stream(plan), settings.sse_ping_seconds)
-    return await until_disconnect(request, service.complete(plan))
+    # The lease keeps the model loaded until the response's last byte (a stream takes it along).
+    async with await registry.acquire(body.model, COMPLETION, wait=wait) as lease:
+        plan = await service.prepare_off_loop(body, lease)
+        if body.stream:
+            return sse_response(request, lease.keep(service.stream(plan)), settings.sse_ping_seconds)
+        return await until_disconnect(request, service.complete(plan))

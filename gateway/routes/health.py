@@ -16,18 +16,25 @@ async def health() -> dict[str, str]:
 
 
 @router.get("/health/ready")
-async def ready(registry: RegistryDep) -> JSONResponse:
-    """Readiness: 200 once the default model is loaded, 503 before (or if it failed)."""
+async def ready(registry: RegistryDep, model: str | None = None) -> JSONResponse:
+    """Readiness: 200 once every `preload` model is loaded (models that load on demand do not count);
+    503 before, or if one failed. `?model=ID`: 200 only while that model is loaded."""
     models = {entry.spec.name: entry.state.value for entry in registry.entries()}
-    default = registry.default
-    if default.state is ModelState.READY:
-        return JSONResponse({"status": "ready", "models": models})
-    if default.state is ModelState.FAILED:
-        message = f"The default model `{default.spec.name}` is unavailable. {default.public_error()}"
+    if model is not None:
+        entry = registry.find(model)
+        waiting_for = [entry] if entry.state is not ModelState.READY else []
     else:
-        message = f"The default model `{default.spec.name}` is {default.state.value}."
+        waiting_for = [e for e in registry.entries() if e.preload and e.state is not ModelState.READY]
+    if not waiting_for:
+        return JSONResponse({"status": "ready", "models": models})
+    first = waiting_for[0]
+    what = f"The {'' if model else 'preloaded '}model `{first.spec.name}`"
+    if first.state is ModelState.FAILED:
+        message = f"{what} is unavailable. {first.public_error()}"
+    else:
+        message = f"{what} is {first.state.value}."
     body = {
-        "status": default.state.value,
+        "status": first.state.value,
         "models": models,
         "error": {
             "message": message,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from gateway.engine.admission import reserve
 from gateway.errors import InvalidRequestError
 from gateway.models import ServedModel
-from gateway.registry import ModelRegistry
+from gateway.registry import CHAT, Lease, ModelRegistry
 from gateway.schemas.chat import (
     AssistantMessage,
     ChatChoice,
@@ -95,14 +95,15 @@ class ChatService:
         self.settings = settings
         self.workers = workers or WorkerPool(settings.prepare_threads, settings.prepare_queue)
 
-    async def prepare_off_loop(self, req: ChatCompletionRequest) -> ChatPlan:
+    async def prepare_off_loop(self, req: ChatCompletionRequest, lease: Lease | None = None) -> ChatPlan:
         """`prepare` in the worker pool: rendering, tokenizing and compiling never block the event loop."""
-        return await self.workers.run(self.prepare, req)
+        return await self.workers.run(self.prepare, req, lease)
 
-    def prepare(self, req: ChatCompletionRequest) -> ChatPlan:
-        """Validate and render the request (CPU-heavy on large inputs: call it through prepare_off_loop)."""
+    def prepare(self, req: ChatCompletionRequest, lease: Lease | None = None) -> ChatPlan:
+        """Validate and render the request (CPU-heavy on large inputs: call it through prepare_off_loop).
+        `lease`: the model the route acquired for this request; without one, a ready model only."""
         req.log_ignored_fields()
-        model_id, served = self.registry.get(req.model)
+        model_id, served = (lease.model_id, lease.served) if lease else self.registry.get(req.model, CHAT)
         # Cheap checks first: every bound before the template renders or a grammar compiles.
         check_chat_limits(req, self.settings)
         check_capacity(served, req.n or 1, param="n")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from gateway.engine.admission import reserve
 from gateway.errors import InvalidRequestError, UnsupportedParameterError
 from gateway.models import ServedModel
-from gateway.registry import ModelRegistry
+from gateway.registry import COMPLETION, Lease, ModelRegistry
 from gateway.schemas.common import Usage
 from gateway.schemas.completions import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest
 from gateway.services.limits import check_capacity, check_completion_limits, prompt_count
@@ -99,14 +99,15 @@ class CompletionService:
         self.settings = settings
         self.workers = workers or WorkerPool(settings.prepare_threads, settings.prepare_queue)
 
-    async def prepare_off_loop(self, req: CompletionRequest) -> CompletionPlan:
+    async def prepare_off_loop(self, req: CompletionRequest, lease: Lease | None = None) -> CompletionPlan:
         """`prepare` in the worker pool: tokenizing large prompts never blocks the event loop."""
-        return await self.workers.run(self.prepare, req)
+        return await self.workers.run(self.prepare, req, lease)
 
-    def prepare(self, req: CompletionRequest) -> CompletionPlan:
-        """Validate and tokenize the request (CPU-heavy on large prompts: call it through prepare_off_loop)."""
+    def prepare(self, req: CompletionRequest, lease: Lease | None = None) -> CompletionPlan:
+        """Validate and render the request (CPU-heavy on large inputs: call it through prepare_off_loop).
+        `lease`: the model the route acquired for this request; without one, a ready model only."""
         req.log_ignored_fields()
-        model_id, served = self.registry.get(req.model)
+        model_id, served = (lease.model_id, lease.served) if lease else self.registry.get(req.model, COMPLETION)
         if req.suffix:
             raise UnsupportedParameterError(
                 "suffix is not supported: this model has no fill-in-the-middle template.", param="suffix"

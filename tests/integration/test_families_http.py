@@ -66,6 +66,7 @@ SMOLLM2_MAX_CONTEXT = 512  # one entry sets max_context, to see it win over the 
 # The extra entries beside the families.
 OPENELM_NO_TOKENIZER = "openelm-no-tokenizer"  # the stand-in dir, family forced, no tokenizer configured
 OPENELM_CONFIG_ONLY = "openelm-real-config"  # the real OpenELM config.json (detected, not forced), no tokenizer
+BROKEN = (OPENELM_NO_TOKENIZER, OPENELM_CONFIG_ONLY)
 GENERIC_CHAT = "mystery-chat"  # unknown family, tokenizer with a chat template
 GENERIC_BASE = "mystery-base"  # unknown family, tokenizer without one
 GPT2 = "gpt2"
@@ -133,6 +134,8 @@ def _build_models(root: Path) -> list[dict[str, Any]]:
     for name in ("config.json", "generation_config.json"):
         (config_only / name).write_bytes((tokenizer_fixture("openelm-270m") / name).read_bytes())
     entries.append({"name": OPENELM_CONFIG_ONLY, "source": str(config_only)})
+    for entry in entries:  # the good ones load at start (readiness waits for them); the broken ones on demand
+        entry["preload"] = entry["name"] not in BROKEN
     return entries
 
 
@@ -153,7 +156,11 @@ class FamilyServer:
 
 
 def _wait_until_settled(server: RunningServer, names: list[str]) -> None:
-    """/health/ready only waits for the default model; the others load one after another behind it."""
+    """/health/ready waits for the preload models; the broken ones are loaded (and fail) by a first request
+    that waits for the load (x-wait-for-model) before the tests look at them."""
+    for name in BROKEN:
+        body = {"model": name, "messages": USER, "max_tokens": 1}
+        httpx.post(f"{server.url}/v1/chat/completions", json=body, headers={"x-wait-for-model": "true"}, timeout=300)
     deadline = time.monotonic() + STARTUP_TIMEOUT
     while time.monotonic() < deadline:
         states = {n: httpx.get(f"{server.url}/v1/models/{n}", timeout=10).json().get("status") for n in names}

@@ -193,13 +193,15 @@ def assert_envelope(
     param: Any = ...,
     code: Any = ...,
     error_type: str | None = None,
+    extra: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
+    """`extra`: keys an error object may carry beyond the standard four (e.g. estimated_time)."""
     assert response.status_code == status, (response.status_code, response.text)
     assert response.headers["content-type"].startswith("application/json")
     body = response.json()
     assert set(body) == {"error"}, body
     error = body["error"]
-    assert set(error) == {"message", "type", "param", "code"}, error
+    assert set(error) == {"message", "type", "param", "code"} | extra, error
     assert isinstance(error["message"], str) and error["message"]
     assert isinstance(error["type"], str) and error["type"]
     if param is not ...:

@@ -12,6 +12,7 @@ from gateway.registry import ModelState
 from tests.unit.helpers import ALIASES, MODEL, assert_envelope, open_gateway, served_factory
 
 pytestmark = pytest.mark.anyio
+LOADING_EXTRA = frozenset({"estimated_time"})
 
 
 async def test_health_is_200(gw):
@@ -47,12 +48,13 @@ async def test_readiness_while_loading_then_ready():
             assert float(r.headers["retry-after"]) > 0
             assert r.json()["status"] == "loading"
             r = await gw.chat()
-            error = assert_envelope(r, 503, code="model_not_ready", error_type="service_unavailable")
+            error = assert_envelope(r, 503, code="model_loading", error_type="service_unavailable", extra=LOADING_EXTRA)
             assert "loading" in error["message"]
+            assert error["estimated_time"] > 0
             assert 0 < float(r.headers["retry-after"]) <= 60
             assert engine.requests == []
             r = await gw.completion(prompt="hi")
-            assert_envelope(r, 503, code="model_not_ready")
+            assert_envelope(r, 503, code="model_loading", extra=LOADING_EXTRA)
             # /v1/models still answers, with the model's status
             models = (await gw.client.get("/v1/models")).json()
             assert {card["status"] for card in models["data"]} == {"loading"}

@@ -70,7 +70,7 @@ async def test_requests_during_a_load_are_not_logged_as_errors(caplog: pytest.Lo
         loading = asyncio.ensure_future(gw.app.state.registry.load_all())
         with caplog.at_level(logging.DEBUG, logger="gateway.errors"):
             for _ in range(5):
-                assert_envelope(await gw.chat(), 503, code="model_not_ready")
+                assert_envelope(await gw.chat(), 503, code="model_loading", extra={"estimated_time"})
         release.set()
         await asyncio.wait_for(loading, timeout=10)
     records = [r for r in caplog.records if r.name == "gateway.errors"]

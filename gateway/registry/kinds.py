@@ -1,0 +1,106 @@
+"""Model kinds: what an entry's `kind` means — its capabilities, how it loads, unloads and describes itself.
+
+The registry only talks to this protocol, so upstream engines, embedding models and task pipelines are new
+kinds here, not new branches in the registry or the routes.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from gateway.models import ServedModel
+from gateway.settings import EMBEDDED_MODEL, ModelSpec
+
+logger = logging.getLogger(__name__)
+
+ModelFactory = Callable[[ModelSpec], ServedModel]
+
+CHAT = "chat"
+COMPLETION = "completion"
+
+
+class ModelKind(Protocol):
+    name: str
+    capabilities: frozenset[str]
+
+    def load(self, spec: ModelSpec) -> Any:
+        """Build the entry's handle; runs in a worker thread and may take minutes."""
+        ...
+
+    async def unload(self, handle: Any) -> None:
+        """Stop the handle's work (in-flight requests end with an error) and drop what it caches; the
+        registry then drops its last reference and collects (`free_memory`)."""
+        ...
+
+    def describe(self, handle: Any) -> dict[str, Any]:
+        """Details for GET /v1/models/{id} once loaded."""
+        ...
+
+    def context_length(self, handle: Any) -> int | None: ...
+
+    def size_bytes(self, spec: ModelSpec) -> int | None:
+        """Bytes of the weights on disk before the first load (for load-time and memory estimates)."""
+        ...
+
+
+class LocalKind:
+    """Today's chat/completion LLM in this process; its handle is a ServedModel (prompt pipeline + engine)."""
+
+    name = "local"
+    capabilities = frozenset({CHAT, COMPLETION})
+
+    def __init__(self, factory: ModelFactory) -> None:
+        self._factory = factory
+
+    def load(self, spec: ModelSpec) -> ServedModel:
+        return self._factory(spec)
+
+    async def unload(self, handle: ServedModel) -> None:
+        await handle.engine.close()  # running sequences end with an error, the engine thread exits
+        if handle.grammar is not None:
+            handle.grammar.close()  # also stops a compile in progress (its child process)
+        handle.grammar = None  # compiled grammars hold tokenizer-sized tables
+
+    def describe(self, handle: ServedModel) -> dict[str, Any]:
+        return handle.describe()
+
+    def context_length(self, handle: ServedModel) -> int | None:
+        return handle.context_length
+
+    def size_bytes(self, spec: ModelSpec) -> int | None:
+        if spec.source == EMBEDDED_MODEL:
+            try:
+                from gateway.engine.loader import embedded_gguf_path  # torch: only when a size is asked for
+
+                return embedded_gguf_path().stat().st_size
+            except (ImportError, OSError):
+                return None
+        path = Path(spec.source).expanduser()
+        if path.is_file():
+            return path.stat().st_size
+        if path.is_dir():
+            return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        return None
+
+
+def free_memory() -> None:
+    """Collect what an unloaded model left behind and hand the heap (and the CUDA cache) back."""
+    gc.collect()
+    try:
+        from gateway.engine.speed import release_free_memory  # imports torch: only once something loaded
+
+        release_free_memory()
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
+
+
+def default_kinds(factory: ModelFactory) -> dict[str, ModelKind]:
+    return {"local": LocalKind(factory)}
