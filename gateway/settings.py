@@ -232,7 +232,9 @@ class Settings(BaseSettings):
     max_stop_sequences: int = Field(default=16, ge=1, description="Most `stop` strings a request may send.")
     max_stop_chars: int = Field(default=256, ge=1, description="Longest `stop` string, in characters.")
     max_body_bytes: int = Field(
-        default=8 << 20, ge=1024, description="Largest request body in bytes; beyond → 413 before it is read."
+        # 4 MiB holds any request the other limits let through (500k prompt characters, escaped, stay under 3 MiB);
+        # a bigger body would only be parsed, on the event loop, to be refused.
+        default=4 << 20, ge=1024, description="Largest request body in bytes; beyond → 413 before it is read."
     )
     max_prompt_chars: int = Field(
         default=500_000,

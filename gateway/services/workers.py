@@ -87,6 +87,10 @@ class WorkerPool:
             finally:
                 with self._lock:
                     self._pending -= 1
+                # An idle worker must not keep its last job alive: the plan and the lease reference the
+                # model, and an unloaded model's memory only goes back once nothing points at it.
+                del job, loop, future, fn, args
+                result = error = None
 
     def close(self) -> None:
         """Stop the threads once the jobs queued now are done (they are daemons: exit never waits)."""

@@ -270,8 +270,14 @@ def _alive(pid: int) -> bool:
 
 def test_sigterm_while_a_5mb_schema_compiles(tmp_path: Path) -> None:
     # A budget far beyond the test, so the compile is surely still running when SIGTERM comes; and a context
-    # window that lets 5 MB through (the schema is also shown to the model): else it is refused before compiling.
-    server = start_server(tmp_path, "--grammar-compile-seconds", "600", "--max-context", str(10**8))
+    # window and schema limits that let 5 MB through (the schema is also shown to the model): by default it is
+    # refused before compiling.
+    server = start_server(
+        tmp_path,
+        *("--grammar-compile-seconds", "600", "--max-context", str(10**8)),
+        *("--max-schema-bytes", str(64 << 20), "--max-schema-enum", str(10**7), "--max-prompt-chars", str(10**8)),
+        *("--max-body-bytes", str(64 << 20)),
+    )
     try:
         with httpx.Client(timeout=300) as client:  # starts the compiler process
             assert (

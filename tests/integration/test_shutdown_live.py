@@ -107,3 +107,56 @@ def test_an_idle_server_exits_at_once_on_sigterm(tmp_path: Path):
     assert rc == 0, server.log.read_text()[-3000:]
     # < 2 s on an idle machine (measured ~0.5 s); the bound leaves room for a loaded CI runner.
     assert took < 4.0, (took, server.log.read_text()[-2000:])
+
+
+def test_sigterm_during_four_streams_ends_each_one_cleanly(tmp_path: Path):
+    """Issue 11's shutdown: SIGTERM while 4 streams run (2 short enough to finish inside the grace period, 2
+    that cannot): every client gets its complete stream or an error event, then one [DONE]; the process exits
+    within the grace period + 5 s."""
+    server = start_server(tmp_path, "--shutdown-grace-seconds", str(GRACE))
+    started = threading.Barrier(5)
+
+    def stream(max_tokens: int) -> str:
+        body = {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "Tell a long story."}],
+            "stream": True,
+            "max_tokens": max_tokens,
+            "ignore_eos": True,
+            "temperature": 0,
+        }
+        parts, seen_token = [], False
+        with httpx.stream("POST", f"{server.base_url}/chat/completions", json=body, timeout=120) as r:
+            assert r.status_code == 200
+            for text in r.iter_text():
+                parts.append(text)
+                if not seen_token and '"content":"' in text and '"content":""' not in text:
+                    seen_token = True
+                    started.wait(120)
+        return "".join(parts)
+
+    budgets = [24, 24, 4000, 4000]
+    runs = [run_in_thread(lambda n=n: stream(n)) for n in budgets]
+    started.wait(180)  # every stream has produced a token
+    signalled = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    rc = server.process.wait(timeout=GRACE + 60)
+    took = time.monotonic() - signalled
+    log = server.log.read_text()
+    assert rc == 0, log[-3000:]
+    assert took < GRACE + 5, (took, log[-3000:])
+
+    outcomes = []
+    for thread, result in runs:
+        thread.join(10)
+        assert "error" not in result, result.get("error")
+        events = sse_data(result["value"])
+        assert events[-1] == "[DONE]" and events.count("[DONE]") == 1, events[-3:]
+        last = json.loads(events[-2])
+        if "error" in last:
+            assert last["error"]["code"] == "server_shutting_down", last
+            outcomes.append("error")
+        else:
+            assert last["choices"][0]["finish_reason"] == "length", last
+            outcomes.append("complete")
+    assert outcomes[2:] == ["error", "error"], outcomes  # 4000 tokens cannot finish within the grace period
