@@ -82,6 +82,7 @@ class ChatPlan:
                     seed_offset=i,
                     logits_processors=self.mode.processors(self.served, self.max_new_tokens, self.explicit_budget),
                     keep_special_tokens=keep_special,
+                    constrained=self.mode.grammar is not None,
                 ),
                 self.stops,
             )

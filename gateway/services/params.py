@@ -122,6 +122,7 @@ def sampling_params(
     seed_offset: int = 0,
     logits_processors: tuple = (),
     keep_special_tokens: bool = False,
+    constrained: bool = False,
 ) -> SamplingParams:
     """Request values win; unset ones fall back to the model's generation_config, then OpenAI defaults."""
     defaults = served.sampling_defaults
@@ -133,6 +134,12 @@ def sampling_params(
     eos = frozenset() if fields.ignore_eos else served.pipeline.stop_token_ids
     seed = None if fields.seed is None else fields.seed + seed_offset
     temperature = float(pick(fields.temperature, "temperature", 1.0))
+    # A grammar-constrained output repeats its syntax (`"`, `,`, `}`) by design: the model's default repetition
+    # penalty pushes it toward odd tokens and long strings that miss the budget (seen: strict json_schema
+    # answers cut by `length`). There only the request's own value applies.
+    repetition = fields.repetition_penalty
+    if repetition is None:
+        repetition = 1.0 if constrained else defaults.get("repetition_penalty", 1.0)
     return SamplingParams(
         max_new_tokens=max_new_tokens,
         temperature=0.0 if temperature < SAMPLING_EPS else temperature,
@@ -142,7 +149,7 @@ def sampling_params(
         seed=seed,
         presence_penalty=fields.presence_penalty or 0.0,
         frequency_penalty=fields.frequency_penalty or 0.0,
-        repetition_penalty=float(pick(fields.repetition_penalty, "repetition_penalty", 1.0)),
+        repetition_penalty=float(repetition),
         logit_bias=bias,
         logprobs=logprobs,
         prompt_logprobs=prompt_logprobs,

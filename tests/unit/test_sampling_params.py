@@ -186,3 +186,17 @@ async def test_completion_tokens_with_max_tokens_two():
         assert gw.engine.requests[0].params.max_new_tokens == 2
         assert body["choices"][0]["finish_reason"] == "length"
         assert body["usage"]["completion_tokens"] == 2
+
+
+async def test_constrained_output_skips_the_model_default_repetition_penalty():
+    """JSON repeats its syntax by design: a model's default repetition penalty stays off under a grammar (a
+    request's own value still applies)."""
+    fmt = {"type": "json_object"}
+    async with open_gateway() as gw:
+        gw.app.state.registry.default.served.sampling_defaults = {"repetition_penalty": 1.1}
+        [p] = await params_for(gw)
+        assert p.repetition_penalty == 1.1
+        [p] = await params_for(gw, response_format=fmt)
+        assert p.repetition_penalty == 1.0
+        [p] = await params_for(gw, response_format=fmt, repetition_penalty=1.3)
+        assert p.repetition_penalty == 1.3
