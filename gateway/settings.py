@@ -7,161 +7,50 @@ without one, the single model described by the `model*` fields is served.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-EMBEDDED_MODEL = "embedded"
-EMBEDDED_MODEL_NAME = "smollm2-135m-instruct"
-# The SmolLM2 model card samples with temperature 0.2 / top_p 0.9 and its GGUF carries no
-# generation_config; at OpenAI's temperature 1 the 135M model derails into endless noise on about one
-# short prompt in five. At 0.2 / 0.9 it still loops ("la femme, la femme, …") on 7 of 20 "What is the
-# capital of France?"; a repetition penalty of 1.1 (Ollama's default; what SmolLM2 demo apps use)
-# ended all 60 README-prompt runs (20 each) with `stop` (1.2 penalizes the prompt's <|im_end|> and loops
-# again: 2 of 20). Figures in the README.
-EMBEDDED_SAMPLING = {"temperature": 0.2, "top_p": 0.9, "repetition_penalty": 1.1}
-# Max new tokens for a request that sets none, for the embedded model. The peers cap nothing by
-# default (vLLM: the rest of the window unless generation_config has max_new_tokens; Ollama
-# num_predict and llama.cpp n_predict: -1, i.e. until the context is full; Ollama used 128 once), which
-# suits large models on a GPU. A 135M model on 2 CPU cores decodes ~40 tok/s alone and loops now and
-# then: 256 tokens (~6 s) hold any answer it gives to a short question (the README's took ≤ 60), while
-# an endless loop cannot keep a client (and the server's memory) busy for minutes.
-EMBEDDED_DEFAULT_MAX_TOKENS = 256
+from gateway.specs import (  # re-exported: the spec types and constants lived here first
+    EMBEDDED_DEFAULT_MAX_TOKENS,
+    EMBEDDED_MODEL,
+    EMBEDDED_MODEL_NAME,
+    EMBEDDED_SAMPLING,
+    AnySpec,
+    Dtype,
+    EngineKind,
+    ModelSpec,
+    Quantization,
+    SamplingDefaults,
+    SpecBase,
+    default_model_name,
+    is_local_path,
+    load_models_file,
+    parse_duration,
+    parse_spec,
+)
 
-Dtype = Literal["auto", "float32", "bfloat16", "float16"]
-EngineKind = Literal["auto", "batched", "simple"]
-Quantization = Literal["none", "int8"]
-ModelKindName = Literal["local"]  # later kinds (upstream, embedding, pipeline) join this list
-
-_DURATION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-
-
-def parse_duration(value: Any) -> float | None:
-    """Seconds from a number or a duration like `30s`, `5m`, `1h` (Ollama's keep_alive spelling);
-    any negative value means "never" and comes back as -1."""
-    if value is None or isinstance(value, bool):
-        return None if value is None else _bad_duration(value)
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    else:
-        match = _DURATION.match(str(value))
-        if match is None:
-            return _bad_duration(value)
-        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    return -1.0 if seconds < 0 else seconds
-
-
-def _bad_duration(value: Any) -> float:
-    raise ValueError(f"{value!r} is not a duration: use seconds (30), a duration (`30s`, `5m`, `1h`) or -1")
-
-
-class SamplingDefaults(BaseModel):
-    """Sampling values a model uses where a request leaves them unset (like Ollama's PARAMETER lines)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    temperature: float | None = Field(default=None, ge=0, le=2, description="Default temperature.")
-    top_p: float | None = Field(default=None, gt=0, le=1, description="Default nucleus mass.")
-    top_k: int | None = Field(default=None, ge=0, description="Default top-k (0 = off).")
-    min_p: float | None = Field(default=None, ge=0, le=1, description="Default min-p.")
-    repetition_penalty: float | None = Field(default=None, gt=0, description="Default repetition penalty.")
-
-    def values(self) -> dict[str, float]:
-        return self.model_dump(exclude_none=True)
+__all__ = [
+    "EMBEDDED_DEFAULT_MAX_TOKENS",
+    "EMBEDDED_MODEL",
+    "EMBEDDED_MODEL_NAME",
+    "EMBEDDED_SAMPLING",
+    "AnySpec",
+    "ModelSpec",
+    "Settings",
+    "SpecBase",
+    "default_model_name",
+    "is_local_path",
+    "load_models_file",
+    "parse_spec",
+]
 
 
 def _json_object(value: Any) -> Any:
     """Flags and env give nested settings as JSON text."""
     return json.loads(value) if isinstance(value, str) else value
-
-
-class ModelSpec(BaseModel):
-    """One servable model, as written in the models file (or built from the single-model settings)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(description="Id clients send as `model` and see in /v1/models.")
-    source: str = Field(
-        description="`embedded` (SmolLM2-135M-Instruct shipped in a package), a local directory, a .gguf "
-        "file, or a Hugging Face model id (downloaded through huggingface_hub when online)."
-    )
-    aliases: list[str] = Field(default_factory=list, description="Other ids that route to this model.")
-    gguf_file: str | None = Field(default=None, description="GGUF file inside `source` when it is a directory.")
-    revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit).")
-    tokenizer: str | None = Field(
-        default=None, description="Separate tokenizer directory or id (OpenELM borrows Llama-2's)."
-    )
-    family: str | None = Field(default=None, description="Force a model family instead of detecting it.")
-    chat_template: Path | None = Field(default=None, description="Jinja file replacing the chat template.")
-    plain_chat_template: bool = Field(
-        default=False, description="Serve chat on template-less models by concatenating messages."
-    )
-    dtype: Dtype = Field(
-        default="auto",
-        description="Weights dtype; auto = bf16/fp16 on GPU; on CPU bf16 where the CPU has bf16 instructions "
-        "(AVX512-BF16/AMX), else fp32; fp32 under int8 quantization.",
-    )
-    device: str = Field(default="auto", description="auto (cuda → mps → cpu), cpu, cuda, cuda:1, mps.")
-    max_context: int | None = Field(
-        default=None, gt=0, description="Context window in tokens; default from the model config."
-    )
-    trust_remote_code: bool = Field(
-        default=False, description="Allow the model repo's own Python code (needed by some families)."
-    )
-    engine: EngineKind = Field(
-        default="auto",
-        description="batched = continuous batching (concurrent requests share forward passes); simple = one "
-        "request at a time through model.generate; auto = batched where the model supports it.",
-    )
-    max_running: int = Field(default=16, ge=1, description="Sequences decoded together (batch slots).")
-    max_queued: int = Field(
-        default=64, ge=0, description="Sequences waiting for a slot; beyond running + queued → 429 + Retry-After."
-    )
-    quantization: Quantization = Field(
-        default="none", description="int8 = dynamic int8 quantization of Linear layers (CPU only; faster, lossy)."
-    )
-    compile: bool = Field(default=False, description="torch.compile the model's forward (slow first requests).")
-    prepack: bool = Field(
-        default=True,
-        description="On CPU, pre-pack Linear weights for oneDNN (same dtype and math; ~1.5-2x faster decode).",
-    )
-    sampling: SamplingDefaults = Field(
-        default_factory=SamplingDefaults,
-        description="Defaults for temperature/top_p/top_k/min_p/repetition_penalty where a request sets none; "
-        "over the model's generation_config (the embedded model: temperature 0.2, top_p 0.9, repetition_penalty 1.1).",
-    )
-    default_max_tokens: int | None = Field(
-        default=None,
-        ge=0,
-        description="Max new tokens when a chat request sets none (completions keep OpenAI's 16); unset: the "
-        "server-wide default_max_tokens, else the model's generation_config max_new_tokens, else "
-        f"{EMBEDDED_DEFAULT_MAX_TOKENS} for the embedded model and the rest of the context window for others; "
-        "0 = the rest of the context window.",
-    )
-
-    kind: ModelKindName = Field(
-        default="local", description="What serves the entry: local = a transformers LLM in this process."
-    )
-    preload: bool | None = Field(
-        default=None,
-        description="Load at server start; default: true for the first model, false for the others (they "
-        "load on their first request).",
-    )
-    keep_alive: float | None = Field(
-        default=None,
-        description="Unload after this long without requests: seconds or a duration (`30s`, `5m`, `1h`); "
-        "-1 = never; 0 = as soon as it is idle. Default: the server's keep_alive.",
-    )
-
-    _keep_alive_duration = field_validator("keep_alive", mode="before")(parse_duration)
-
-    def ids(self) -> list[str]:
-        return [self.name, *self.aliases]
 
 
 class Settings(BaseSettings):
@@ -234,7 +123,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         # 4 MiB holds any request the other limits let through (500k prompt characters, escaped, stay under 3 MiB);
         # a bigger body would only be parsed, on the event loop, to be refused.
-        default=4 << 20, ge=1024, description="Largest request body in bytes; beyond → 413 before it is read."
+        default=4 << 20,
+        ge=1024,
+        description="Largest request body in bytes; beyond → 413 before it is read.",
     )
     max_prompt_chars: int = Field(
         default=500_000,
@@ -334,16 +225,16 @@ class Settings(BaseSettings):
     def _expand_home(cls, value: Path | None) -> Path | None:
         return value.expanduser() if value is not None else None
 
-    def model_specs(self) -> list[ModelSpec]:
+    def model_specs(self) -> list[SpecBase]:
         """The models to serve: the models file's list, or the single model from the flags."""
         if self.models_file is not None:
             specs = load_models_file(self.models_file)
             if self.default_max_tokens is None:
                 return specs
             return [  # the server-wide cap is the fallback for entries without their own
-                spec
-                if spec.default_max_tokens is not None
-                else spec.model_copy(update={"default_max_tokens": self.default_max_tokens})
+                spec.model_copy(update={"default_max_tokens": self.default_max_tokens})
+                if isinstance(spec, ModelSpec) and spec.default_max_tokens is None
+                else spec
                 for spec in specs
             ]
         return [self.single_model_spec()]
@@ -382,39 +273,3 @@ class Settings(BaseSettings):
             sampling=self.sampling,
             default_max_tokens=self.default_max_tokens,
         )
-
-
-def is_local_path(source: str) -> bool:
-    """A filesystem path (absolute, ~ or ./-relative, a .gguf file, or anything on disk), not a Hub id."""
-    if source == EMBEDDED_MODEL:
-        return False
-    path = Path(source).expanduser()
-    return source.startswith(("/", "~", ".", "\\")) or path.is_absolute() or path.suffix == ".gguf" or path.exists()
-
-
-def default_model_name(source: str) -> str:
-    """The id a model gets without --served-model-name: never a filesystem path (clients see ids in
-    /v1/models, 404s and /health/ready), so a local model is named after its directory or file."""
-    if source == EMBEDDED_MODEL:
-        return EMBEDDED_MODEL_NAME
-    if not is_local_path(source):
-        return source  # a Hub id such as Qwen/Qwen2.5-0.5B-Instruct stays as it is
-    path = Path(source).expanduser()
-    if path.suffix == ".gguf":
-        return path.stem
-    return path.resolve().name or "model"
-
-
-def load_models_file(path: Path) -> list[ModelSpec]:
-    data: Any = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    entries = data.get("models") if isinstance(data, dict) else data
-    if not isinstance(entries, list) or not entries:
-        raise ValueError(f"{path}: expected a non-empty `models:` list")
-    specs = [ModelSpec.model_validate(entry) for entry in entries]
-    seen: set[str] = set()
-    for spec in specs:
-        for model_id in spec.ids():
-            if model_id in seen:
-                raise ValueError(f"{path}: model id {model_id!r} is declared twice")
-            seen.add(model_id)
-    return specs

@@ -25,7 +25,7 @@ from gateway.registry.kinds import CHAT, ModelFactory, ModelKind, default_kinds
 from gateway.registry.lease import Lease
 from gateway.registry.lifecycle import Lifecycle, NoFreeSlot
 from gateway.registry.store import RegistryState, RegistryStore
-from gateway.settings import ModelSpec
+from gateway.specs import SpecBase
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ UNLOAD_DRAIN_SECONDS = 30.0  # how long an admin unload/remove lets running requ
 class ModelRegistry:
     def __init__(
         self,
-        specs: list[ModelSpec],
+        specs: list[SpecBase],
         factory: ModelFactory,
         *,
         kinds: dict[str, ModelKind] | None = None,
@@ -214,13 +214,13 @@ class ModelRegistry:
             entry.state, entry.error = ModelState.UNLOADED, None
         return entry
 
-    async def add(self, spec: ModelSpec) -> ModelEntry:
+    async def add(self, spec: SpecBase) -> ModelEntry:
         """Register a model at runtime (kept in the state file); it loads now if `preload`, else lazily."""
         entry = self._register(spec, "runtime", default_preload=False)
         self._state.added = [s for s in self._state.added if s.name != spec.name] + [spec]
         self._state.removed = [name for name in self._state.removed if name != spec.name]
         self._persist()
-        logger.info("model %s: registered at runtime (%s)", spec.name, spec.source)
+        logger.info("model %s: registered at runtime (kind %s)", spec.name, spec.kind)
         if entry.preload:
             self.lifecycle.start_load(entry)
         return entry
@@ -255,7 +255,7 @@ class ModelRegistry:
         await asyncio.gather(*unloads, return_exceptions=True)
 
     # ---- internals ----------------------------------------------------------------------------------
-    def _register(self, spec: ModelSpec, origin: Origin, *, default_preload: bool) -> ModelEntry:
+    def _register(self, spec: SpecBase, origin: Origin, *, default_preload: bool) -> ModelEntry:
         if spec.kind not in self.lifecycle.kinds:
             raise ValueError(f"model {spec.name}: unknown kind {spec.kind!r}")
         taken = [model_id for model_id in spec.ids() if model_id in self._by_id]

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Literal
 
-from gateway.settings import ModelSpec
+from gateway.specs import SpecBase
 
 
 class ModelState(str, Enum):
@@ -31,7 +31,7 @@ class LoadProgress:
 
 @dataclass
 class ModelEntry:
-    spec: ModelSpec
+    spec: SpecBase
     state: ModelState = ModelState.UNLOADED
     served: Any = None  # the kind's handle: a ServedModel for `local`
     error: str | None = None  # the load failure's short cause, paths cut to their last part (load_failure_cause)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from gateway.models import ServedModel
-from gateway.settings import EMBEDDED_MODEL, ModelSpec
+from gateway.specs import EMBEDDED_MODEL, ModelSpec, SpecBase
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ class ModelKind(Protocol):
     name: str
     capabilities: frozenset[str]
 
-    def load(self, spec: ModelSpec) -> Any:
+    def load(self, spec: SpecBase) -> Any:
         """Build the entry's handle; runs in a worker thread and may take minutes."""
         ...
 
@@ -42,7 +42,7 @@ class ModelKind(Protocol):
 
     def context_length(self, handle: Any) -> int | None: ...
 
-    def size_bytes(self, spec: ModelSpec) -> int | None:
+    def size_bytes(self, spec: SpecBase) -> int | None:
         """Bytes of the weights on disk before the first load (for load-time and memory estimates)."""
         ...
 

@@ -15,14 +15,14 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from gateway.settings import ModelSpec
+from gateway.specs import SpecBase, parse_spec
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class RegistryState:
-    added: list[ModelSpec] = field(default_factory=list)
+    added: list[SpecBase] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
 
 
@@ -35,7 +35,7 @@ class RegistryStore:
             return RegistryState()
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
-            added = [ModelSpec.model_validate(spec) for spec in data.get("added", [])]
+            added = [parse_spec(spec) for spec in data.get("added", [])]
             removed = [str(name) for name in data.get("removed", [])]
         except (OSError, ValueError, ValidationError, AttributeError) as exc:
             # a bad state file must not stop the models file's models from serving

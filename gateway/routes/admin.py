@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from gateway.deps import RegistryDep, SettingsDep
 from gateway.errors import AuthenticationError
 from gateway.registry import ModelEntry, ModelRegistry
-from gateway.settings import ModelSpec
+from gateway.specs import AnySpec
 
 
 async def require_admin(settings: SettingsDep, authorization: Annotated[str | None, Header()] = None) -> None:
@@ -29,7 +29,8 @@ router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(requir
 
 
 def admin_view(registry: ModelRegistry, entry: ModelEntry) -> dict[str, Any]:
-    return {"id": entry.name, "aliases": entry.spec.aliases, "source": entry.spec.source, **registry.describe(entry)}
+    source = getattr(entry.spec, "source", None)  # local kinds have one; admins may see server paths
+    return {"id": entry.name, "aliases": entry.spec.aliases, "source": source, **registry.describe(entry)}
 
 
 @router.get("/models")
@@ -39,7 +40,7 @@ async def list_models(registry: RegistryDep) -> dict[str, Any]:
 
 
 @router.post("/models", status_code=201)
-async def add_model(spec: ModelSpec, registry: RegistryDep) -> dict[str, Any]:
+async def add_model(spec: AnySpec, registry: RegistryDep) -> dict[str, Any]:
     """Register a model with the models file's fields; kept across restarts in the state file. 409 if taken."""
     return admin_view(registry, await registry.add(spec))
 

@@ -5,7 +5,6 @@ from fastapi import APIRouter
 from gateway.deps import RegistryDep
 from gateway.registry import ModelEntry, ModelRegistry
 from gateway.schemas.models import ModelCard, ModelList
-from gateway.settings import is_local_path
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -16,7 +15,7 @@ def _cards(registry: ModelRegistry, entry: ModelEntry, *, details: bool) -> list
         ModelCard(
             id=model_id,
             created=entry.created,
-            root=None if is_local_path(entry.spec.source) else entry.spec.source,  # no server paths to clients
+            root=entry.spec.public_root(),
             max_model_len=status["context_length"],
             status=entry.state.value,
             # state, progress, load time, last use, memory estimate, error (and the model's own details once loaded)
