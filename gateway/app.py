@@ -85,6 +85,8 @@ def create_app(settings: Settings | None = None, *, factory: ModelFactory | None
     app.state.settings = settings
     app.state.registry = registry
     app.state.shutdown = shutdown
+    # Called with every finished request's RequestRecord (metrics, access log, token limits append here).
+    app.state.request_observers = []
     workers = WorkerPool(settings.prepare_threads, settings.prepare_queue)  # shared by both services
     app.state.chat_service = ChatService(registry, settings, workers)
     app.state.completion_service = CompletionService(registry, settings, workers)
@@ -115,4 +117,5 @@ def install_middleware(app: FastAPI, settings: Settings) -> None:
             allow_credentials=False,
             expose_headers=["x-request-id", "retry-after"],
         )
-    app.add_middleware(RequestContextMiddleware)  # outermost: sees every response
+    # outermost: sees every response
+    app.add_middleware(RequestContextMiddleware, observers=app.state.request_observers)

@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from collections.abc import Callable
 
 from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.accounting import RequestRecord, close_record, open_record
 from gateway.errors import GatewayError, PayloadTooLargeError, UnsupportedMediaTypeError, error_body
 from gateway.logsafe import printable
 
@@ -37,11 +39,13 @@ def _has_body(headers: Headers) -> bool:
 
 
 class RequestContextMiddleware:
-    """Adds x-request-id to every response (echoing the client's) and turns any escaped exception
-    into a 500 with the OpenAI envelope instead of a bare text error."""
+    """Adds x-request-id to every response (echoing the client's), opens the request's RequestRecord
+    (gateway/accounting.py) and hands it to the observers when the response ends, and turns any escaped
+    exception into a 500 with the OpenAI envelope instead of a bare text error."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, observers: list[Callable[[RequestRecord], None]] | None = None) -> None:
         self.app = app
+        self.observers = observers if observers is not None else []  # called with each finished record
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -50,15 +54,23 @@ class RequestContextMiddleware:
         headers = dict(scope.get("headers") or [])
         request_id = headers.get(b"x-request-id", b"").decode("latin-1") or uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
+        record = RequestRecord(request_id=request_id, method=scope.get("method", ""), path=scope.get("path", ""))
+        record.on_finish.extend(self.observers)
+        scope["state"]["record"] = record
+        token = open_record(record)
         started = False
+        status: int | None = None
 
         async def send_with_id(message: Message) -> None:
-            nonlocal started
+            nonlocal started, status
             if message["type"] == "http.response.start":
                 started = True
+                status = message["status"]
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode("latin-1"))]
             await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                record.finish(status)
 
         try:
             await self.app(scope, receive, send_with_id)
@@ -75,6 +87,11 @@ class RequestContextMiddleware:
             # No exception text to the client: the log has it, the request id finds it there.
             error = GatewayError(f"Internal server error (request id {request_id}).")
             await send_error(send_with_id, error)
+        finally:
+            if record.finished_at is None:  # the last byte was never sent: the client went away, or an error
+                record.aborted = True
+                record.finish(status)
+            close_record(token)
 
 
 class JSONContentTypeMiddleware:

@@ -13,6 +13,7 @@ import logging
 import time
 from typing import Any
 
+from gateway.accounting import current_record
 from gateway.errors import (
     ModelCapabilityError,
     ModelExistsError,
@@ -133,6 +134,8 @@ class ModelRegistry:
         wait_for_model setting) instead of answering 503 model_loading."""
         self.lifecycle.bind_loop()
         entry = self.find(model_id)
+        if (record := current_record()) is not None:
+            record.model, record.model_kind = model_id or entry.name, entry.kind
         self._check_capability(entry, capability)
         deadline = time.monotonic() + self.lifecycle.wait_seconds
         while True:

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from gateway.accounting import count_tokens
 from gateway.engine.admission import reserve
 from gateway.errors import InvalidRequestError
 from gateway.models import ServedModel
@@ -167,6 +168,7 @@ class ChatService:
             )
             for i in range(plan.n)
         ]
+        count_tokens(len(plan.prompt_ids), sum(tokens))
         return ChatCompletion(
             id=plan.id,
             created=plan.created,
@@ -192,20 +194,23 @@ class ChatService:
             for data in deltas(i, decoder.start()):
                 yield data
         tokens = [0] * plan.n
-        async for index, piece in merge(plan.sequences()):
-            tokens[index] = piece.completion_tokens
-            events = decoders[index].feed(piece.text)
-            if piece.logprobs:  # logprobs ride on the first chunk of this piece (or an empty delta)
-                first = _delta(events.pop(0)) if events else DeltaMessage(content="")
-                logprobs = self._logprobs(plan, piece.logprobs)
-                yield chunk([ChunkChoice(index=index, delta=first, logprobs=logprobs)])
-            for data in deltas(index, events):
-                yield data
-            if piece.finish_reason:
-                tail, finish = decoders[index].finish(piece.finish_reason)
-                for data in deltas(index, tail):
+        try:
+            async for index, piece in merge(plan.sequences()):
+                tokens[index] = piece.completion_tokens
+                events = decoders[index].feed(piece.text)
+                if piece.logprobs:  # logprobs ride on the first chunk of this piece (or an empty delta)
+                    first = _delta(events.pop(0)) if events else DeltaMessage(content="")
+                    logprobs = self._logprobs(plan, piece.logprobs)
+                    yield chunk([ChunkChoice(index=index, delta=first, logprobs=logprobs)])
+                for data in deltas(index, events):
                     yield data
-                yield chunk([ChunkChoice(index=index, delta=DeltaMessage(), finish_reason=finish)])
+                if piece.finish_reason:
+                    tail, finish = decoders[index].finish(piece.finish_reason)
+                    for data in deltas(index, tail):
+                        yield data
+                    yield chunk([ChunkChoice(index=index, delta=DeltaMessage(), finish_reason=finish)])
+        finally:  # a stream cut short still used what it generated
+            count_tokens(len(plan.prompt_ids), sum(tokens))
         options = plan.request.stream_options
         if options is not None and options.include_usage:
             yield chunk([], Usage.of(len(plan.prompt_ids), sum(tokens)))

@@ -7,6 +7,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from gateway.accounting import count_tokens
 from gateway.engine.admission import reserve
 from gateway.errors import InvalidRequestError, UnsupportedParameterError
 from gateway.models import ServedModel
@@ -173,9 +174,9 @@ class CompletionService:
             CompletionChoice(index=i, text=texts[i], logprobs=s.logprobs, finish_reason=s.finish or "stop")
             for i, s in enumerate(states)
         ]
-        return Completion(
-            id=plan.id, created=plan.created, model=plan.model_id, choices=choices, usage=self._usage(plan, states)
-        )
+        usage = self._usage(plan, states)
+        count_tokens(usage.prompt_tokens, usage.completion_tokens)
+        return Completion(id=plan.id, created=plan.created, model=plan.model_id, choices=choices, usage=usage)
 
     async def stream(self, plan: CompletionPlan) -> AsyncIterator[str]:
         states = [_ChoiceState(plan, i) for i in range(len(plan.prompts) * plan.n)]
@@ -190,15 +191,19 @@ class CompletionService:
             if state.echo and state.logprobs is None:
                 echoed[i] = True
                 yield chunk([CompletionChoice(index=i, text=state.prompt.text)])
-        async for index, piece in merge(plan.sequences()):
-            text, logprobs = states[index].add(piece)
-            if states[index].echo and not echoed[index]:  # echo with logprobs: prompt text with its logprobs
-                echoed[index] = True
-                text = states[index].prompt.text + text
-            if text or (logprobs and logprobs.tokens):
-                yield chunk([CompletionChoice(index=index, text=text, logprobs=logprobs)])
-            if piece.finish_reason:
-                yield chunk([CompletionChoice(index=index, text="", finish_reason=piece.finish_reason)])
+        try:
+            async for index, piece in merge(plan.sequences()):
+                text, logprobs = states[index].add(piece)
+                if states[index].echo and not echoed[index]:  # echo with logprobs: prompt text with its logprobs
+                    echoed[index] = True
+                    text = states[index].prompt.text + text
+                if text or (logprobs and logprobs.tokens):
+                    yield chunk([CompletionChoice(index=index, text=text, logprobs=logprobs)])
+                if piece.finish_reason:
+                    yield chunk([CompletionChoice(index=index, text="", finish_reason=piece.finish_reason)])
+        finally:  # a stream cut short still used what it generated
+            usage = self._usage(plan, states)
+            count_tokens(usage.prompt_tokens, usage.completion_tokens)
         options = plan.request.stream_options
         if options is not None and options.include_usage:
             yield chunk([], self._usage(plan, states))

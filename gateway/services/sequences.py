@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
 
+from gateway.accounting import mark_first_token
 from gateway.engine.base import Engine
 from gateway.engine.types import GenerationRequest, SamplingParams, TokenLogprob
 from gateway.services.stops import StopStringMatcher
@@ -66,10 +67,12 @@ _DONE = object()
 
 
 async def merge(streams: list[AsyncIterator[Piece]]) -> AsyncIterator[tuple[int, Piece]]:
-    """Interleave several sequences as their pieces arrive, tagged with their index."""
+    """Interleave several sequences as their pieces arrive, tagged with their index (the first piece
+    marks the request's time to first token)."""
     if len(streams) == 1:
         async with aclosing(streams[0]) as only:
             async for piece in only:
+                mark_first_token()
                 yield 0, piece
         return
     queue: asyncio.Queue = asyncio.Queue()
@@ -94,6 +97,7 @@ async def merge(streams: list[AsyncIterator[Piece]]) -> AsyncIterator[tuple[int,
             elif isinstance(item, Exception):
                 raise item
             else:
+                mark_first_token()
                 yield index, item
     finally:
         for task in tasks:
