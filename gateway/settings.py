@@ -220,6 +220,12 @@ class Settings(BaseSettings):
             return json.loads(text) if text.startswith("[") else [o.strip() for o in text.split(",") if o.strip()]
         return value
 
+    @field_validator("models_file", "chat_template", "state_file", mode="before")
+    @classmethod
+    def _empty_path_is_unset(cls, value: Any) -> Any:
+        # `GANTRY_MODELS_FILE=` (an empty variable, as compose passes `${GANTRY_MODELS_FILE:-}`) means unset
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("cache_dir", "models_file", "chat_template", "state_file", mode="after")
     @classmethod
     def _expand_home(cls, value: Path | None) -> Path | None:
