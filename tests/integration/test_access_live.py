@@ -6,6 +6,7 @@ tpm and concurrency; two more processes sharing one Redis for the cross-replica 
 
 from __future__ import annotations
 
+import asyncio
 import io
 import shutil
 import socket
@@ -319,3 +320,20 @@ def test_two_replicas_share_one_rpm_budget_and_it_recovers(replicas: list[Runnin
             client.models.list()
     time.sleep(int(refused.value.response.headers["retry-after"]) + 0.5)  # the window has moved on
     assert clients[1].models.with_raw_response.list().http_response.status_code == 200
+
+
+def test_redis_concurrency_slots_are_shared_and_a_dead_replicas_expire(redis_url: str) -> None:
+    """The in-flight counter two replicas share (the gateway's own class against the real Redis)."""
+    from gateway.access.limiter import RedisConcurrency
+
+    async def scenario() -> None:
+        one, two = RedisConcurrency(redis_url, lease_seconds=1.0), RedisConcurrency(redis_url, lease_seconds=1.0)
+        first, second = await one.acquire("shared", 2), await two.acquire("shared", 2)
+        assert first is not None and second is not None
+        assert await one.acquire("shared", 2) is None and await two.acquire("shared", 2) is None
+        await first()  # released: a slot is free again, for either replica
+        assert await two.acquire("shared", 2) is not None
+        await asyncio.sleep(1.2)  # both holders "died" without releasing: their leases ran out
+        assert await one.acquire("shared", 2) is not None
+
+    asyncio.run(scenario())
