@@ -7,6 +7,7 @@ model visible) and this middleware only names the admin key's requests.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 
@@ -45,6 +46,8 @@ class AccessMiddleware:
         keys: KeyStore,
         limiter: RateLimiter,
         has_public_model: Callable[[], bool],
+        is_public_model: Callable[[str], bool],
+        max_body_bytes: int = 4 << 20,
         docs_public: bool = False,
         metrics_require_key: bool = False,
     ) -> None:
@@ -52,6 +55,8 @@ class AccessMiddleware:
         self.keys = keys
         self.limiter = limiter
         self.has_public_model = has_public_model
+        self.is_public_model = is_public_model
+        self.max_body_bytes = max_body_bytes
         self.open_paths = set() if not docs_public else set(DOCS_PATHS)
         if not metrics_require_key:
             self.open_paths.add("/metrics")
@@ -74,6 +79,13 @@ class AccessMiddleware:
         except AuthenticationError as exc:
             await _send_error(send, exc)
             return
+        if principal is ANONYMOUS and not self._exempt(scope, headers):
+            # a request without a key goes on only if its JSON body names a public model (the registry checks
+            # again): a route that never looks a model up is never open to it
+            receive = await self._public_model_body(receive)
+            if receive is None:
+                await _send_error(send, AuthenticationError(MISSING))
+                return
         state = scope.setdefault("state", {})
         state["principal"] = principal
         if principal is not None and (record := state.get("record")) is not None:
@@ -107,6 +119,38 @@ class AccessMiddleware:
         if scope.get("method") == "POST" and self.has_public_model():
             return ANONYMOUS
         raise AuthenticationError(MISSING)
+
+    async def _public_model_body(self, receive: Receive) -> Receive | None:
+        """Read the body (up to the body limit); a receive that replays it if it names a public model, else None."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return None
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_body_bytes:
+                return None
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        try:
+            model = json.loads(body).get("model")
+        except (ValueError, AttributeError):
+            return None
+        if not isinstance(model, str) or not self.is_public_model(model):
+            return None
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return replay
 
     async def _limited(self, scope: Scope, receive: Receive, send: Send, principal: Principal) -> None:
         name, limits = principal.name or "anonymous", principal.limits

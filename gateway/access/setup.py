@@ -42,6 +42,8 @@ def install_access(app: FastAPI, settings) -> None:
         keys=keys,
         limiter=limiter,
         has_public_model=registry.has_public,
+        is_public_model=registry.is_public,
+        max_body_bytes=settings.max_body_bytes,
         docs_public=settings.docs_public,
         metrics_require_key=settings.metrics_require_key,
     )

@@ -106,6 +106,10 @@ class ModelRegistry:
     def has_public(self) -> bool:
         return any(entry.spec.visibility == "public" for entry in self._entries)
 
+    def is_public(self, model_id: str) -> bool:
+        entry = self._by_id.get(model_id)
+        return entry is not None and entry.spec.visibility == "public"
+
     def capabilities(self, entry: ModelEntry) -> frozenset[str]:
         return self.lifecycle.kind(entry).capabilities
 

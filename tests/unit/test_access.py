@@ -267,3 +267,21 @@ def test_duration_format() -> None:
         "1m0s",
         "1h2m3s",
     ]
+
+
+async def test_requests_without_a_key_reach_only_routes_naming_a_public_model(tmp_path: Path) -> None:
+    keys = write_keys(tmp_path / "keys.yaml", {"name": "plain", "sha256": hash_key("plain-key")})
+    settings = make_settings(models_file=models_file(tmp_path / "models.yaml"), keys_file=keys)
+    async with open_gateway(settings=settings) as gw:
+
+        @gw.app.post("/v1/route-without-a-model-lookup")
+        async def unguarded() -> dict[str, str]:  # a route another feature might add
+            return {"reached": "yes"}
+
+        path = "/v1/route-without-a-model-lookup"
+        for body in ({"model": "prot"}, {"model": "nope"}, {}, [1, 2]):
+            assert_envelope(await gw.client.post(path, json=body), 401, code="invalid_api_key")
+        assert (await gw.client.post(path, json={"model": "pub"})).json() == {"reached": "yes"}
+        assert (await gw.client.post(path, json={}, headers=auth("plain-key"))).status_code == 200
+        r = await gw.client.post("/v1/chat/completions", json=chat_body("pub", stream=True))
+        assert r.status_code == 200 and sse_events(r.text)
