@@ -86,6 +86,8 @@ class AccessMiddleware:
             if receive is None:
                 await _send_error(send, AuthenticationError(MISSING))
                 return
+            # callers without a key share one budget: the default limits, counted under the name "anonymous"
+            principal = Principal(name=None, limits=self.keys.default_limits)
         state = scope.setdefault("state", {})
         state["principal"] = principal
         if principal is not None and (record := state.get("record")) is not None:

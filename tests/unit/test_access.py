@@ -285,3 +285,14 @@ async def test_requests_without_a_key_reach_only_routes_naming_a_public_model(tm
         assert (await gw.client.post(path, json={}, headers=auth("plain-key"))).status_code == 200
         r = await gw.client.post("/v1/chat/completions", json=chat_body("pub", stream=True))
         assert r.status_code == 200 and sse_events(r.text)
+
+
+async def test_callers_without_a_key_share_the_default_limits(tmp_path: Path) -> None:
+    keys = write_keys(tmp_path / "keys.yaml", {"name": "plain", "sha256": hash_key("plain-key")})
+    settings = make_settings(models_file=models_file(tmp_path / "models.yaml"), keys_file=keys, default_rpm=1)
+    async with open_gateway(settings=settings) as gw:
+        first = await gw.client.post("/v1/chat/completions", json=chat_body("pub"))
+        assert first.status_code == 200 and first.headers["x-ratelimit-remaining-requests"] == "0"
+        assert_envelope(await gw.client.post("/v1/chat/completions", json=chat_body("pub")), 429)
+        keyed = await gw.client.post("/v1/chat/completions", json=chat_body("pub"), headers=auth("plain-key"))
+        assert keyed.status_code == 200  # a key has its own budget
