@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
+from gateway.access.setup import install_access
 from gateway.errors import install_error_handlers
 from gateway.middleware import (
     BodySizeLimitMiddleware,
@@ -106,6 +107,7 @@ def install_middleware(app: FastAPI, settings: Settings) -> None:
     # While draining, new requests get a 503 envelope (inside CORS and RequestContext: a browser can read
     # it and it carries an x-request-id).
     app.add_middleware(ShutdownMiddleware, shutdown=app.state.shutdown)
+    install_access(app, settings)  # API keys and per-key limits: before any other check, inside CORS
     if settings.cors_origins:
         # No cookies or other credentials: keys travel in headers, which CORS allows without them,
         # and a wildcard origin must never be combined with credentials.

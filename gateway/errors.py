@@ -6,7 +6,7 @@
     │   ├── LimitExceededError          400 code=limit_exceeded (a configured bound; retrying cannot help)
     │   ├── UnsupportedParameterError   400 code=unsupported_parameter
     │   └── ModelCapabilityError        400 code=model_capability (the model cannot do what the route asks)
-    ├── AuthenticationError             401 code=invalid_api_key (the /admin key)
+    ├── AuthenticationError             401 code=invalid_api_key (missing, unknown or expired key)
     ├── ModelNotFoundError              404 code=model_not_found
     ├── ModelExistsError                409 code=model_exists (POST /admin/models with a taken id)
     ├── PayloadTooLargeError            413 code=request_too_large (body over max_body_bytes)
@@ -15,6 +15,8 @@
     │   └── ModelLoadingError           503 code=model_loading, Retry-After + error.estimated_time
     ├── OverloadedError                 429 code=overloaded (too many running + queued), Retry-After
     ├── ShuttingDownError               503 code=server_shutting_down, Retry-After (see gateway/shutdown.py)
+    ├── RateLimitError                  429 code=rate_limit_exceeded (an API key's rpm/tpm/concurrency), Retry-After
+    ├── RequestTimeoutError             504 code=request_timeout (past request_timeout_seconds)
     └── EngineError                     500 the engine failed while generating
 
 Envelope: {"error": {"message", "type", "param", "code"}}. Errors are mapped by type, never by text.
@@ -188,6 +190,33 @@ class EngineError(GatewayError):
 
     def headers(self) -> dict[str, str]:
         return {"x-should-retry": "false"}
+
+
+class RateLimitError(GatewayError):
+    """The API key used up one of its limits (rpm, tpm, concurrent requests): see gateway/access/limiter.py."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+    default_code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: int, rate_headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.rate_headers = rate_headers or {}
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after), **self.rate_headers}
+
+
+class RequestTimeoutError(GatewayError):
+    """The request ran past request_timeout_seconds; its generation was stopped."""
+
+    status_code = 504
+    error_type = "timeout_error"
+    default_code = "request_timeout"
+
+    def log_level(self) -> int:
+        return logging.WARNING
 
 
 def error_body(message: str, error_type: str, param: str | None = None, code: str | None = None) -> dict:

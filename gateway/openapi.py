@@ -24,18 +24,22 @@ REF = "#/components/schemas/{model}"
 ERROR_DESCRIPTIONS = {
     400: "Invalid request: malformed JSON, a field of the wrong type or out of range, an unsupported parameter, "
     "or a prompt longer than the model's context.",
-    401: "The admin key is missing or wrong (`Authorization: Bearer <GANTRY_ADMIN_KEY>`).",
+    401: "The API key (or, for /admin, the admin key) is missing, unknown or expired: send `Authorization: Bearer "
+    "<key>`, `api-key` or `x-api-key` (code `invalid_api_key`).",
     404: "No such model is served here (and every /admin route while no admin key is configured).",
     409: "A model with that id is already registered.",
     413: "The request body is larger than the configured limit.",
     415: "The request body is not declared as JSON (`Content-Type: application/json`).",
-    429: "Every running and queued place for the model is taken; retry after `Retry-After` seconds.",
+    429: "Every running and queued place for the model is taken (code `overloaded`), or the API key used up its "
+    "rpm, tpm or concurrent requests (code `rate_limit_exceeded`, with the `x-ratelimit-*` headers); retry after "
+    "`Retry-After` seconds.",
     500: "Generation failed inside the engine; the same request would fail again.",
+    504: "The request ran past the server's request timeout; its generation was stopped.",
     503: "The model is loading (code `model_loading`, with `estimated_time`; retry after `Retry-After` seconds or "
     "send `x-wait-for-model: true`), failed to load, or the server is shutting down.",
 }
 RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}}
-GENERATION_ERRORS = (400, 404, 413, 415, 429, 500, 503)
+GENERATION_ERRORS = (400, 404, 413, 415, 429, 500, 503, 504)
 ADMIN_ERRORS = (401, 404)
 
 
@@ -78,7 +82,9 @@ def document(schema: dict[str, Any]) -> dict[str, Any]:
             documented = OPERATIONS.get((method, path), Documented())
             responses = operation.setdefault("responses", {})
             responses.pop("422", None)
-            for status in documented.errors:
+            # with API keys configured every route but the health probes needs a key and counts against its limits
+            keyed = () if path.startswith("/health") else (401, 429)
+            for status in sorted({*documented.errors, *keyed}):
                 responses[str(status)] = _error_response(status)
             if documented.stream_chunk is not None:
                 responses["200"]["content"]["text/event-stream"] = _event_stream(documented.stream_chunk)

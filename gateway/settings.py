@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from gateway.access.settings import AccessSettings
 from gateway.specs import (  # re-exported: the spec types and constants lived here first
     EMBEDDED_DEFAULT_MAX_TOKENS,
     EMBEDDED_MODEL,
@@ -53,7 +54,7 @@ def _json_object(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
-class Settings(BaseSettings):
+class Settings(BaseSettings, AccessSettings):  # AccessSettings: keys, limits, timeout
     """Gantry server settings. Every field is also a `gantry serve` flag and a GANTRY_* variable."""
 
     model_config = SettingsConfigDict(env_prefix="GANTRY_", env_file=".env", extra="ignore")

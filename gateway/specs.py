@@ -91,6 +91,12 @@ class SpecBase(BaseModel):
         "-1 = never; 0 = as soon as it is idle. Default: the server's keep_alive.",
     )
 
+    visibility: Literal["public", "protected", "private"] = Field(
+        default="protected",
+        description="Who may use the model when API keys are configured: public (anyone, no key needed), "
+        "protected (any valid key) or private (only keys that list it); others get 404 as for an unknown id.",
+    )
+
     _keep_alive_duration = field_validator("keep_alive", mode="before")(parse_duration)
 
     def ids(self) -> list[str]:
