@@ -52,7 +52,8 @@ class Seq2SeqRunner:
         clean = params.pop("clean_up_tokenization_spaces", False)
         for unused in (*_TOKENIZE, *_DECODE):
             params.pop(unused, None)
-        params.update(params.pop("generate_kwargs", None) or {})  # transformers 4 accepted both spellings
+        for nested in ("generate_kwargs", "generate_parameters"):  # transformers 4's and huggingface_hub's nesting
+            params.update(params.pop(nested, None) or {})
         prefix = self.prefix(src_lang, tgt_lang)
         size = batch_size or len(texts)
         outputs: list[list[dict[str, str]]] = []
