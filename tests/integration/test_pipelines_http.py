@@ -4,6 +4,7 @@ InferenceClient works against it, 503 + estimated_time while loading, and bad in
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from collections.abc import Iterator
@@ -115,6 +116,14 @@ def close(got: Any, want: Any, tol: float = 1e-4) -> bool:
     return got == want
 
 
+@functools.cache
+def local_pipeline(task: str, source: str) -> Any:
+    """The reference: transformers.pipeline() in this process, built once per model."""
+    from transformers import pipeline
+
+    return pipeline(task, model=source, device="cpu")
+
+
 def jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: jsonable(v) for k, v in value.items()}
@@ -142,18 +151,15 @@ CASES = [
 def test_output_equals_in_process_pipeline(
     server: RunningServer, dirs: dict[str, Path], model: str, task: str, inputs: Any, parameters: dict
 ) -> None:
-    from transformers import pipeline
-
     got = ok(server, model, inputs, parameters)
     source = dirs["minilm"] if model == "minilm" else dirs[task]
-    want = jsonable(pipeline(task, model=str(source), device="cpu")(inputs, **parameters))
+    want = jsonable(local_pipeline(task, str(source))(inputs, **parameters))
     assert close(got, want), (got, want)
 
 
 def test_concurrent_single_inputs_share_a_batch_and_get_their_own_outputs(
     server: RunningServer, dirs: dict[str, Path]
 ) -> None:
-    from transformers import pipeline
 
     texts = [f"review number {i}: {'great' if i % 2 else 'awful'} {'!' * i}" for i in range(8)]
     before = details(server, "sentiment")["batches"]
@@ -165,7 +171,7 @@ def test_concurrent_single_inputs_share_a_batch_and_get_their_own_outputs(
 
     with ThreadPoolExecutor(len(texts)) as pool:
         got = list(pool.map(one, texts))
-    local = pipeline("text-classification", model=str(dirs["text-classification"]), device="cpu")
+    local = local_pipeline("text-classification", str(dirs["text-classification"]))
     assert all(close(g, local(t)) for g, t in zip(got, texts, strict=True)), got
     batches = details(server, "sentiment")["batches"] - before
     assert 1 <= batches < len(texts)  # eight requests inside the 200 ms window: fewer pipeline calls than requests
@@ -210,12 +216,11 @@ def test_question_answering_returns_a_span_of_the_context(server: RunningServer)
 
 def test_huggingface_hub_inference_client(server: RunningServer, dirs: dict[str, Path]) -> None:
     from huggingface_hub import InferenceClient
-    from transformers import pipeline
 
     classes = InferenceClient(model=f"{server.url}/models/sentiment", headers=WAIT, timeout=120).text_classification(
         TEXTS[0]
     )
-    want = pipeline("text-classification", model=str(dirs["text-classification"]), device="cpu")(TEXTS[0])[0]
+    want = local_pipeline("text-classification", str(dirs["text-classification"]))(TEXTS[0])[0]
     first = classes if not isinstance(classes, list) else classes[0]
     assert first.label == want["label"] and math.isclose(first.score, want["score"], rel_tol=1e-4)
 
@@ -227,7 +232,7 @@ def test_huggingface_hub_inference_client(server: RunningServer, dirs: dict[str,
     vectors = InferenceClient(model=f"{server.url}/models/minilm", headers=WAIT, timeout=120).feature_extraction(
         TEXTS[1]
     )
-    want = pipeline("feature-extraction", model=str(dirs["minilm"]), device="cpu")(TEXTS[1])
+    want = local_pipeline("feature-extraction", str(dirs["minilm"]))(TEXTS[1])
     assert vectors.shape == (1, len(want[0]), 384)
     assert close(vectors.tolist(), want)
 
