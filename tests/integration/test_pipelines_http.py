@@ -284,6 +284,7 @@ BAD = [
     ({"inputs": "no mask token here"}, "fill-mask"),
     ({"inputs": "x"}, "zero-shot"),  # no candidate_labels
     ({"inputs": "Where?"}, "qa"),
+    ({"inputs": "x", "parameters": {"max_new_tokens": 10**6}}, "t2t"),
     ({"inputs": "hello"}, "chat"),  # a chat model: 400 naming what it can do
 ]
 
