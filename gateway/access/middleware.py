@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.access.keys import KeyStore
 from gateway.access.limiter import Admission, RateLimiter
 from gateway.access.principal import ANONYMOUS, Principal, acting_as
-from gateway.errors import AuthenticationError, GatewayError, RateLimitError
+from gateway.errors import AuthenticationError, RateLimitError
 from gateway.middleware import send_error
 
 logger = logging.getLogger(__name__)
@@ -77,14 +77,14 @@ class AccessMiddleware:
         try:
             principal = self._principal(scope, headers, key)
         except AuthenticationError as exc:
-            await _send_error(send, exc)
+            await send_error(send, exc, scope)
             return
         if principal is ANONYMOUS and not self._exempt(scope, headers):
             # a request without a key goes on only if its JSON body names a public model (the registry checks
             # again): a route that never looks a model up is never open to it
-            receive = await self._public_model_body(receive)
+            receive = await self._public_model_body(scope, receive)
             if receive is None:
-                await _send_error(send, AuthenticationError(MISSING))
+                await send_error(send, AuthenticationError(MISSING), scope)
                 return
             # callers without a key share one budget: the default limits, counted under the name "anonymous"
             principal = Principal(name=None, limits=self.keys.default_limits)
@@ -122,8 +122,12 @@ class AccessMiddleware:
             return ANONYMOUS
         raise AuthenticationError(MISSING)
 
-    async def _public_model_body(self, receive: Receive) -> Receive | None:
-        """Read the body (up to the body limit); a receive that replays it if it names a public model, else None."""
+    async def _public_model_body(self, scope: Scope, receive: Receive) -> Receive | None:
+        """Read the body (up to the body limit); a receive that replays it if it names a public model, else None.
+        The Inference-API route names its model in the path (`/models/<id>`; its body may be raw audio)."""
+        path = scope.get("path", "")
+        if path.startswith("/models/"):
+            return receive if self.is_public_model(path.removeprefix("/models/")) else None
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -160,7 +164,7 @@ class AccessMiddleware:
             admission: Admission = await self.limiter.admit(name, limits)
         except RateLimitError as exc:
             logger.info("rate limited: key %s (%s)", name, exc.message)
-            await _send_error(send, exc)
+            await send_error(send, exc, scope)
             return
         record = scope.get("state", {}).get("record")
         extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in admission.headers.items()]
@@ -187,7 +191,3 @@ class AccessMiddleware:
             finally:
                 if admission.release is not None:
                     await admission.release()
-
-
-async def _send_error(send: Send, exc: GatewayError) -> None:
-    await send_error(send, exc)
