@@ -31,11 +31,13 @@ ERROR_DESCRIPTIONS = {
     415: "The request body is not declared as JSON (`Content-Type: application/json`).",
     429: "Every running and queued place for the model is taken; retry after `Retry-After` seconds.",
     500: "Generation failed inside the engine; the same request would fail again.",
+    502: "An upstream server (`kind: upstream`) gave a bad answer on every replica tried.",
+    504: "An upstream server (`kind: upstream`) did not answer within its configured timeout.",
     503: "The model is loading (code `model_loading`, with `estimated_time`; retry after `Retry-After` seconds or "
     "send `x-wait-for-model: true`), failed to load, or the server is shutting down.",
 }
 RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}}
-GENERATION_ERRORS = (400, 404, 413, 415, 429, 500, 503)
+GENERATION_ERRORS = (400, 404, 413, 415, 429, 500, 502, 503, 504)
 ADMIN_ERRORS = (401, 404)
 
 
