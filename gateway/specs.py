@@ -199,6 +199,9 @@ class UpstreamSpec(SpecBase):
     """Requests forwarded to other OpenAI-compatible servers (`kind: upstream`); see gateway/upstream/."""
 
     kind: Literal["upstream"] = Field(description="upstream = forwarded to other OpenAI-compatible servers.")
+    # Loading one only probes its replicas: ready at start, and never unloaded for being idle.
+    preload: bool | None = Field(default=True, description="Probe the replicas at server start (default: true).")
+    keep_alive: float | None = Field(default=-1.0, description="Idle time before unloading; default -1 (never).")
     replicas: list[UpstreamReplica] = Field(min_length=1, description="Servers that serve the model (balanced).")
     timeouts: UpstreamTimeouts = Field(default_factory=UpstreamTimeouts, description="Connect/first-token/total.")
     health_path: str = Field(
