@@ -34,6 +34,9 @@ from gateway.upstream.errors import (
 from gateway.upstream.replicas import Replica, ReplicaPool, shown_url
 
 logger = logging.getLogger(__name__)
+# httpx logs every request at INFO: a line per forwarded request and per health check would drown the log
+# (requests have their own access log; failures are logged here at WARNING).
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 ATTEMPTS = 2  # the first replica, then once on another
 PATHS = {"chat": "/chat/completions", "completion": "/completions", "embeddings": "/embeddings"}
@@ -214,23 +217,27 @@ class Forwarder:
         replica, response = opened.replica, opened.response
         deadline = opened.started + self.spec.timeouts.total
         usage_seen, chunks = False, 0
+        reading: asyncio.Future | None = None
         try:
             data: str | None = opened.first
             while data is not None:
                 if data.strip() == "[DONE]":
                     break  # our SSE framing sends its own [DONE] (also where the upstream sent none)
-                out, is_usage = self._rewrite(data, model_id)
-                if is_usage:
-                    usage_seen = True
-                if out is not None and (wants_usage or not is_usage):
-                    if not is_usage:
-                        chunks += 1
-                        mark_first_token()
+                out, is_usage, has_output = self._rewrite(data, model_id)
+                usage_seen = usage_seen or is_usage
+                if has_output:  # not the role-only chunk a server sends before generating
+                    chunks += 1
+                    mark_first_token()
+                if wants_usage or not is_usage:
                     yield out
                 if time.monotonic() > deadline:
                     self.pool.failed(replica, "stream exceeded the total timeout")
                     raise UpstreamTimeoutError(f"The upstream stream ran past {self.spec.timeouts.total:g} s.")
-                data = await anext(opened.events, None)
+                # Read in a task of its own: when the client leaves, the SSE layer cancels this generator again
+                # and again while it unwinds; a read cancelled that way leaves httpcore's own close half done and
+                # the upstream connection (and the replica's generation) running. Cancelled once, it closes.
+                reading = asyncio.ensure_future(anext(opened.events, None))
+                data = await asyncio.shield(reading)
         except httpx.TimeoutException as exc:
             self.pool.failed(replica, "stream stalled")
             raise UpstreamTimeoutError(f"The upstream stream stalled: {type(exc).__name__}.") from exc
@@ -239,27 +246,32 @@ class Forwarder:
             raise BadUpstreamError(f"The upstream stream broke off: {type(exc).__name__}: {exc}") from exc
         finally:
             replica.outstanding -= 1
-            await response.aclose()  # a client that left closes the upstream connection: the replica aborts
+            # A client that left closes the upstream connection, so the replica aborts the sequence (in a task
+            # of its own, for the same reason as the reads).
+            if reading is not None and not reading.done():
+                reading.cancel()
+            close_in_background(response, reading)
             if not usage_seen:  # servers without a usage chunk: one token per content chunk (vLLM/Gantry's pace)
                 count_tokens(0, chunks)
 
-    def _rewrite(self, data: str, model_id: str) -> tuple[str | None, bool]:
-        """(the chunk with our model id, whether it carries usage) — usage is counted here."""
+    def _rewrite(self, data: str, model_id: str) -> tuple[str, bool, bool]:
+        """(the chunk with our model id, whether it is the usage chunk, whether it carries generated output);
+        usage is counted here."""
         try:
             chunk = json.loads(data)
         except ValueError:
-            return data, False
+            return data, False, False
         if not isinstance(chunk, dict):
-            return data, False
+            return data, False, False
         if (error := stream_error_event(chunk)) is not None:
-            return json.dumps(error), False
+            return json.dumps(error), False, False
         usage = chunk.get("usage")
         is_usage = isinstance(usage, dict) and not chunk.get("choices")
         if is_usage:
             count_tokens(_int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens")))
         if "model" in chunk:
             chunk["model"] = model_id
-        return json.dumps(chunk, ensure_ascii=False, separators=(",", ":")), is_usage
+        return json.dumps(chunk, ensure_ascii=False, separators=(",", ":")), is_usage, _has_output(chunk)
 
 
 async def sse_data(response: httpx.Response) -> AsyncIterator[str]:
@@ -277,6 +289,30 @@ async def sse_data(response: httpx.Response) -> AsyncIterator[str]:
             data.append(value[1:] if value.startswith(" ") else value)
     if data:
         yield "\n".join(data)
+
+
+_closing: set[asyncio.Task] = set()  # referenced until done (the loop keeps only weak references)
+
+
+def close_in_background(response: httpx.Response, reading: asyncio.Future | None) -> None:
+    async def close() -> None:
+        if reading is not None:
+            await asyncio.gather(reading, return_exceptions=True)
+        await response.aclose()
+
+    task = asyncio.get_running_loop().create_task(close())
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
+
+
+def _has_output(chunk: dict[str, Any]) -> bool:
+    for choice in chunk.get("choices") or []:
+        if not isinstance(choice, dict):
+            continue
+        delta = choice.get("delta") or {}
+        if choice.get("text") or (isinstance(delta, dict) and any(v for k, v in delta.items() if k != "role")):
+            return True
+    return False
 
 
 def _int(value: Any) -> int:

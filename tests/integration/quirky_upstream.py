@@ -56,6 +56,18 @@ def build_app(hang: bool) -> FastAPI:
             answer = {"id": "q-1", "object": "chat.completion", "created": created, "model": MODEL}
             return {**answer, "choices": [choice], "usage": usage, "received": body}
 
+        async def endless():  # until the client goes away: the log then says how far it got
+            base = {"id": "q-2", "object": "chat.completion.chunk", "created": created, "model": MODEL}
+            sent = 0
+            try:
+                while True:
+                    choice = {"index": 0, "delta": {"content": " word"}, "finish_reason": None}
+                    yield f"data: {json.dumps({**base, 'choices': [choice]})}\n\n"
+                    sent += 1
+                    await asyncio.sleep(0.02)
+            finally:
+                print(f"stream closed by the client after {sent} chunks", flush=True)  # noqa: T201 (the log)
+
         async def events():
             base = {"id": "q-1", "object": "chat.completion.chunk", "created": created, "model": MODEL}
             for word in WORDS:
@@ -65,7 +77,7 @@ def build_app(hang: bool) -> FastAPI:
             yield f"data: {json.dumps({**base, 'choices': [{'index': 0, 'delta': {}, 'finish_reason': 'stop'}]})}\n\n"
             # no `data: [DONE]`, like transformers serve
 
-        return StreamingResponse(events(), media_type="text/event-stream")
+        return StreamingResponse(endless() if body.get("endless") else events(), media_type="text/event-stream")
 
     return app
 

@@ -18,6 +18,7 @@ from tests.conftest import REPO_ROOT
 from tests.integration.conftest import RunningServer, free_port, start_server, stop_server
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
+front_logs: dict[str, Path] = {}
 HANG_SECONDS = 2.0
 
 
@@ -44,6 +45,7 @@ def wait_stub(url: str) -> None:
 def front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     tmp = tmp_path_factory.mktemp("upstream-quirks")
     quirky, quirky_url = spawn_stub(tmp)  # both start at once
+    front_logs["quirky"] = tmp / f"stub-{quirky_url.rsplit(':', 1)[1]}.log"
     hanging, hanging_url = spawn_stub(tmp, "--hang")
     wait_stub(quirky_url)
     wait_stub(hanging_url)
@@ -170,3 +172,17 @@ def test_fallback_answers_when_no_replica_can(front: RunningServer) -> None:
     assert response.status_code == 200, response.text
     assert response.json()["model"] == "quirky"  # the model that answered
     assert response.json()["choices"][0]["message"]["content"] == "one two three four five"
+
+
+def test_client_drop_closes_the_upstream_stream(front: RunningServer) -> None:
+    log = front_logs["quirky"]
+    before = log.read_text().count("stream closed by the client")
+    body = chat_body("quirky", stream=True, endless=True)
+    with httpx.stream("POST", front.base_url + "/chat/completions", json=body, timeout=30) as response:
+        lines = response.iter_lines()
+        for _ in range(4):
+            next(lines)
+    deadline = time.monotonic() + 10
+    while log.read_text().count("stream closed by the client") == before:
+        assert time.monotonic() < deadline, "the upstream stream stayed open after the client left"
+        time.sleep(0.05)
