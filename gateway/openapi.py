@@ -35,12 +35,14 @@ ERROR_DESCRIPTIONS = {
     "rpm, tpm or concurrent requests (code `rate_limit_exceeded`, with the `x-ratelimit-*` headers); retry after "
     "`Retry-After` seconds.",
     500: "Generation failed inside the engine; the same request would fail again.",
-    504: "The request ran past the server's request timeout; its generation was stopped.",
+    502: "An upstream server (`kind: upstream`) gave a bad answer on every replica tried.",
+    504: "The request ran past the server's request timeout (its generation was stopped), or an upstream server "
+    "(`kind: upstream`) did not answer within its configured timeout.",
     503: "The model is loading (code `model_loading`, with `estimated_time`; retry after `Retry-After` seconds or "
     "send `x-wait-for-model: true`), failed to load, or the server is shutting down.",
 }
 RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}}
-GENERATION_ERRORS = (400, 404, 413, 415, 429, 500, 503, 504)
+GENERATION_ERRORS = (400, 404, 413, 415, 429, 500, 502, 503, 504)
 ADMIN_ERRORS = (401, 404)
 
 

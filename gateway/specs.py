@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, SecretStr, Tag, TypeAdapter, field_validator
 
 EMBEDDED_MODEL = "embedded"
 EMBEDDED_MODEL_NAME = "smollm2-135m-instruct"
@@ -236,11 +236,68 @@ class PipelineSpec(SpecBase):
 
     def public_root(self) -> str | None:
         return None if is_local_path(self.source) else self.source
+class UpstreamReplica(BaseModel):
+    """One server of an upstream entry (vLLM, SGLang, TGI, llama.cpp, Ollama, another Gantry, ...)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(
+        description="The replica's OpenAI base URL, e.g. `http://10.0.0.5:8000/v1` (a URL without a path gets `/v1`)."
+    )
+    model: str | None = Field(
+        default=None, description="The upstream's own id for the model; default: the entry's name."
+    )
+    api_key: SecretStr | None = Field(default=None, description="Bearer key the replica expects (never shown).")
+    api_key_env: str | None = Field(default=None, description="Environment variable holding that key instead.")
+    weight: float = Field(default=1.0, gt=0, description="Share of the traffic relative to the other replicas.")
+
+
+class UpstreamTimeouts(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    connect: float = Field(default=5.0, gt=0, description="Seconds to open a connection to a replica.")
+    first_token: float = Field(
+        default=60.0, gt=0, description="Seconds until a replica's answer starts (a stream's first event)."
+    )
+    total: float = Field(default=600.0, gt=0, description="Seconds for a whole answer (a stream's last event).")
+
+    _durations = field_validator("connect", "first_token", "total", mode="before")(parse_duration)
+
+
+class UpstreamSpec(SpecBase):
+    """Requests forwarded to other OpenAI-compatible servers (`kind: upstream`); see gateway/upstream/."""
+
+    kind: Literal["upstream"] = Field(description="upstream = forwarded to other OpenAI-compatible servers.")
+    # Loading one only probes its replicas: ready at start, and never unloaded for being idle.
+    preload: bool | None = Field(default=True, description="Probe the replicas at server start (default: true).")
+    keep_alive: float | None = Field(default=-1.0, description="Idle time before unloading; default -1 (never).")
+    replicas: list[UpstreamReplica] = Field(min_length=1, description="Servers that serve the model (balanced).")
+    timeouts: UpstreamTimeouts = Field(default_factory=UpstreamTimeouts, description="Connect/first-token/total.")
+    health_path: str = Field(
+        default="/models", description="Health check: GET this path under each replica's base URL (2xx = up)."
+    )
+    health_interval: float = Field(default=10.0, gt=0, description="Seconds between active health checks.")
+    eject_after: int = Field(
+        default=3, ge=1, description="Consecutive connect errors/timeouts/5xx that take a replica out of rotation."
+    )
+    cooldown: float = Field(default=30.0, gt=0, description="Seconds an ejected replica stays out before a probe.")
+    fallback: str | None = Field(
+        default=None, description="Model id that answers when no replica can (a local model, say)."
+    )
+    owned_by: str = Field(default="upstream", description="`owned_by` shown in /v1/models.")
+    stream_usage: bool = Field(
+        default=True,
+        description="Ask replicas for a stream's usage chunk (to count tokens); dropped again if the client did not "
+        "ask for it. Turn off for servers that refuse `stream_options`.",
+    )
+
+    _upstream_durations = field_validator("health_interval", "cooldown", mode="before")(parse_duration)
 
 
 # One spec class per kind, keyed by its `kind` value; an entry without `kind` is `local`. A new kind adds
 # its class here (and its ModelKind in gateway/registry/kinds.py).
 SPEC_TYPES: dict[str, type[SpecBase]] = {"local": ModelSpec, "pipeline": PipelineSpec}
+SPEC_TYPES: dict[str, type[SpecBase]] = {"local": ModelSpec, "upstream": UpstreamSpec}
 
 
 def spec_kind(value: Any) -> str:

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from gateway.models import ServedModel
 from gateway.specs import EMBEDDED_MODEL, ModelSpec, SpecBase
+from gateway.upstream.kind import UpstreamKind
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,9 @@ class ModelKind(Protocol):
     def size_bytes(self, spec: SpecBase) -> int | None:
         """Bytes of the weights on disk before the first load (for load-time and memory estimates)."""
         ...
+
+    # Optional: `async def start(self, handle)`, run on the event loop once the handle is loaded (before
+    # requests get it) — background tasks such as an upstream's health checks start there.
 
 
 class LocalKind:
@@ -108,4 +112,4 @@ def free_memory() -> None:
 def default_kinds(factory: ModelFactory) -> dict[str, ModelKind]:
     from gateway.pipelines.kind import PipelineKind  # no torch at import
 
-    return {"local": LocalKind(factory), "pipeline": PipelineKind()}
+    return {"local": LocalKind(factory), "upstream": UpstreamKind(), "pipeline": PipelineKind()}

@@ -35,7 +35,10 @@ router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(requir
 
 def admin_view(registry: ModelRegistry, entry: ModelEntry) -> dict[str, Any]:
     source = getattr(entry.spec, "source", None)  # local kinds have one; admins may see server paths
-    return {"id": entry.name, "aliases": entry.spec.aliases, "source": source, **registry.describe(entry)}
+    # describe: the lifecycle; an upstream entry adds its replicas' health and counters (kind.describe)
+    upstream = registry.details(entry).get("upstream") if entry.kind == "upstream" else None
+    extra = {"upstream": upstream} if upstream is not None else {}
+    return {"id": entry.name, "aliases": entry.spec.aliases, "source": source, **registry.describe(entry), **extra}
 
 
 @router.get("/models")

@@ -15,6 +15,7 @@ def _cards(registry: ModelRegistry, entry: ModelEntry, *, details: bool) -> list
         ModelCard(
             id=model_id,
             created=entry.created,
+            owned_by=getattr(entry.spec, "owned_by", None) or "gantry",  # an upstream entry names its owner
             root=entry.spec.public_root(),
             max_model_len=status["context_length"],
             status=entry.state.value,

@@ -55,7 +55,7 @@ def test_generation_routes_are_typed_and_stream(path: str, request_model: str, c
     body = op["requestBody"]["content"]["application/json"]["schema"]
     assert body == {"$ref": f"#/components/schemas/{request_model}"}
     assert op["requestBody"]["required"] is True
-    assert set(op["responses"]) == {"200", "400", "401", "404", "413", "415", "429", "500", "503", "504"}
+    assert set(op["responses"]) == {"200", "400", "401", "404", "413", "415", "429", "500", "502", "503", "504"}
     content = op["responses"]["200"]["content"]
     assert set(content) == {"application/json", "text/event-stream"}
     event_data = content["text/event-stream"]["schema"]["properties"]["data"]["anyOf"]
