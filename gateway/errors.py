@@ -18,6 +18,8 @@
     └── EngineError                     500 the engine failed while generating
 
 Envelope: {"error": {"message", "type", "param", "code"}}. Errors are mapped by type, never by text.
+Paths listed in `app.state.detail_error_paths` (the tutorials' routes, gateway/routes/compat.py) answer the
+same errors in FastAPI's own shape instead, `{"detail": message}`, which their clients expect.
 """
 
 from __future__ import annotations
@@ -198,8 +200,19 @@ def from_adapter_error(exc: AdapterError) -> InvalidRequestError:
     return InvalidRequestError(str(exc), param=exc.param)
 
 
-def error_response(exc: GatewayError) -> JSONResponse:
-    return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=exc.headers())
+def wants_detail(scope: Any) -> bool:
+    """Whether this request's path answers errors as `{"detail": …}` (see the module docstring)."""
+    state = getattr(scope.get("app"), "state", None)
+    return scope.get("path") in getattr(state, "detail_error_paths", ())
+
+
+def shaped_body(scope: Any, exc: GatewayError) -> dict[str, Any]:
+    return {"detail": exc.message} if wants_detail(scope) else exc.to_dict()
+
+
+def error_response(exc: GatewayError, scope: Any = None) -> JSONResponse:
+    body = shaped_body(scope, exc) if scope is not None else exc.to_dict()
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers())
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
@@ -220,23 +233,27 @@ def install_error_handlers(app: FastAPI) -> None:
     """Map every error the app can raise to the OpenAI envelope (validation → 400, not 422)."""
 
     @app.exception_handler(GatewayError)
-    async def _gateway(_: Request, exc: GatewayError) -> JSONResponse:
+    async def _gateway(request: Request, exc: GatewayError) -> JSONResponse:
         level = exc.log_level()
         if level is not None:
             logger.log(level, "request failed: %s", exc.message)
-        return error_response(exc)
+        return error_response(exc, request.scope)
 
     @app.exception_handler(AdapterError)
-    async def _adapter(_: Request, exc: AdapterError) -> JSONResponse:
-        return error_response(from_adapter_error(exc))
+    async def _adapter(request: Request, exc: AdapterError) -> JSONResponse:
+        return error_response(from_adapter_error(exc), request.scope)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         message, param = _validation_message(exc)
-        return JSONResponse(error_body(message, "invalid_request_error", param, None), status_code=400)
+        return error_response(InvalidRequestError(message, param=param), request.scope)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if wants_detail(request.scope):
+            return JSONResponse(
+                {"detail": str(exc.detail)}, status_code=exc.status_code, headers=getattr(exc, "headers", None)
+            )
         error_type = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
         return JSONResponse(
             error_body(str(exc.detail), error_type, None, None),

@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from gateway.schemas.chat import ChatCompletionChunk
+from gateway.schemas.compat import DetailError
 from gateway.schemas.completions import Completion
 from gateway.schemas.errors import ErrorResponse
 
@@ -43,6 +44,7 @@ ADMIN_ERRORS = (401, 404)
 class Documented:
     errors: tuple[int, ...] = ()
     stream_chunk: type[BaseModel] | None = None  # the model of each SSE `data:` line when `stream: true`
+    detail: bool = False  # errors in FastAPI's `{"detail": …}` shape, not the OpenAI envelope
 
 
 OPERATIONS: dict[tuple[str, str], Documented] = {
@@ -57,6 +59,9 @@ OPERATIONS: dict[tuple[str, str], Documented] = {
     ("post", "/admin/models/{model_id}/load"): Documented((*ADMIN_ERRORS, 503)),
     ("post", "/admin/models/{model_id}/unload"): Documented(ADMIN_ERRORS),
     ("delete", "/admin/models/{model_id}"): Documented(ADMIN_ERRORS),
+    # the tutorials' routes (gateway/routes/compat.py): errors as {"detail": …}
+    ("post", "/generate"): Documented(GENERATION_ERRORS, detail=True),
+    ("post", "/"): Documented(GENERATION_ERRORS, detail=True),
 }
 
 
@@ -72,14 +77,18 @@ def install_openapi(app: FastAPI) -> None:
 
 def document(schema: dict[str, Any]) -> dict[str, Any]:
     components = schema.setdefault("components", {}).setdefault("schemas", {})
-    _add_models(components, ErrorResponse, *(d.stream_chunk for d in OPERATIONS.values() if d.stream_chunk))
+    _add_models(
+        components, ErrorResponse, DetailError, *(d.stream_chunk for d in OPERATIONS.values() if d.stream_chunk)
+    )
     for path, operations in schema.get("paths", {}).items():
         for method, operation in operations.items():
             documented = OPERATIONS.get((method, path), Documented())
             responses = operation.setdefault("responses", {})
             responses.pop("422", None)
             for status in documented.errors:
-                responses[str(status)] = _error_response(status)
+                responses[str(status)] = _error_response(
+                    status, "DetailError" if documented.detail else "ErrorResponse"
+                )
             if documented.stream_chunk is not None:
                 responses["200"]["content"]["text/event-stream"] = _event_stream(documented.stream_chunk)
     for unused in ("HTTPValidationError", "ValidationError"):
@@ -87,10 +96,10 @@ def document(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
-def _error_response(status: int) -> dict[str, Any]:
+def _error_response(status: int, model: str = "ErrorResponse") -> dict[str, Any]:
     response: dict[str, Any] = {
         "description": ERROR_DESCRIPTIONS[status],
-        "content": {"application/json": {"schema": {"$ref": REF.format(model="ErrorResponse")}}},
+        "content": {"application/json": {"schema": {"$ref": REF.format(model=model)}}},
     }
     if status in (429, 503):
         response["headers"] = RETRY_AFTER
