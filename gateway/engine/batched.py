@@ -251,6 +251,17 @@ class BatchedEngine:
         if seq.cancelled:
             out.add(seq, GenerationDelta(finish_reason="abort"))
             return
+        # Thread count chosen per beam step by measured speed, like prefill and decode (gateway/engine/threads.py):
+        # on a busy CPU the wrong one makes each step ~10x slower.
+        threads = self.tuner.choose("beam", 1)
+        started = time.perf_counter()
+
+        def on_step() -> None:
+            nonlocal threads, started
+            now = time.perf_counter()
+            self.tuner.record("beam", threads, now - started, 1)
+            threads, started = self.tuner.choose("beam", 1), time.perf_counter()
+
         try:
             delta = run_beam_search(
                 self.model,
@@ -258,6 +269,7 @@ class BatchedEngine:
                 seq.request,
                 pad_token_id=self.pad_token_id,
                 cancelled=lambda: seq.cancelled or self._closed,
+                on_step=on_step,
             )
         except Exception as exc:
             self._fail_row(seq, exc, out)

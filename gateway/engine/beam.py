@@ -16,13 +16,17 @@ from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaLis
 from gateway.engine.types import GenerationDelta, GenerationRequest
 
 
-class _Cancelled(StoppingCriteria):
-    """Ends every beam at the next step once the client left or the engine closes."""
+class _EachStep(StoppingCriteria):
+    """Called after every step: ends every beam once the client left or the engine closes, and runs the
+    engine's step hook (the batched engine tunes its thread count per step there)."""
 
-    def __init__(self, cancelled: Callable[[], bool]) -> None:
+    def __init__(self, cancelled: Callable[[], bool], on_step: Callable[[], None] | None) -> None:
         self.cancelled = cancelled
+        self.on_step = on_step
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        if self.on_step is not None:
+            self.on_step()
         return torch.full((input_ids.shape[0],), self.cancelled(), dtype=torch.bool, device=input_ids.device)
 
 
@@ -33,6 +37,7 @@ def run_beam_search(
     *,
     pad_token_id: int | None,
     cancelled: Callable[[], bool],
+    on_step: Callable[[], None] | None = None,
 ) -> GenerationDelta:
     """The best beam's new tokens (through the first stop token) as one finishing delta."""
     params = request.params
@@ -57,7 +62,7 @@ def run_beam_search(
         input_ids=input_ids,
         attention_mask=torch.ones_like(input_ids),
         generation_config=config,
-        stopping_criteria=StoppingCriteriaList([_Cancelled(cancelled)]),
+        stopping_criteria=StoppingCriteriaList([_EachStep(cancelled, on_step)]),
     )
     new = [int(t) for t in output[0, input_ids.shape[1] :].tolist()]
     if cancelled():

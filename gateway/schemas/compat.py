@@ -9,9 +9,30 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, field_validator
+from pydantic_core import PydanticCustomError
+
+from gateway.schemas.common import _lone_surrogate_path
 
 _STRICT = ConfigDict(extra="forbid")
+
+
+class _TutorialRequest(BaseModel):
+    model_config = _STRICT
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _encodable_text(cls, value: Any, info: Any) -> Any:
+        # The same check as the OpenAI requests: "\ud800" is valid JSON but no tokenizer can encode it.
+        path = _lone_surrogate_path(value)
+        if path is not None:
+            raise PydanticCustomError(
+                "unicode_surrogate",
+                "Invalid text at '{where}': a lone UTF-16 surrogate (such as \\ud800) is not a character",
+                {"where": f"{info.field_name}{path}"},
+            )
+        return value
+
 
 Pair = Annotated[list[StrictStr], Field(min_length=2, max_length=2)]
 
@@ -23,10 +44,8 @@ class HistoryMessage(BaseModel):
     content: StrictStr
 
 
-class GenerateRequest(BaseModel):
+class GenerateRequest(_TutorialRequest):
     """The distilgpt2 tutorial's request; the generation fields are optional overrides of its fixed values."""
-
-    model_config = _STRICT
 
     prompt: StrictStr | None = Field(default=None, description="Text to continue.")
     model: StrictStr | None = Field(default=None, description="Model id; the default model when absent.")
@@ -43,10 +62,8 @@ class GenerateResponse(BaseModel):
     generated_text: str = Field(description="The prompt followed by its continuation (one decode of the whole output).")
 
 
-class ChatRequest(BaseModel):
+class ChatRequest(_TutorialRequest):
     """The self-hosted LLM tutorials' request (Qwen2, OpenELM, DeepSeek-Coder-V2, Phi-4)."""
-
-    model_config = _STRICT
 
     prompt: StrictStr | None = Field(default=None, description="The new user message.")
     history: list[Pair] | list[HistoryMessage] | None = Field(
