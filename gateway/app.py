@@ -22,6 +22,7 @@ from gateway.middleware import (
 from gateway.openapi import install_openapi
 from gateway.registry import ModelFactory, ModelRegistry, RegistryStore
 from gateway.routes import admin, chat, completions, health, inference_api, models
+from gateway.routes.compat import install_compat_routes
 from gateway.services.chat import ChatService
 from gateway.services.completions import CompletionService
 from gateway.services.inference_api import InferenceAPIService
@@ -96,6 +97,9 @@ def create_app(settings: Settings | None = None, *, factory: ModelFactory | None
     install_error_handlers(app)
     for module in (chat, completions, models, health, admin, inference_api):
         app.include_router(module.router)
+    app.state.workers = workers
+    if settings.compat_routes:  # POST /generate and POST /, the tutorials' shapes
+        install_compat_routes(app)
     install_openapi(app)
     install_middleware(app, settings)
     return app

@@ -20,6 +20,8 @@
     └── EngineError                     500 the engine failed while generating
 
 Envelope: {"error": {"message", "type", "param", "code"}}. Errors are mapped by type, never by text.
+Paths listed in `app.state.detail_error_paths` (the tutorials' routes, gateway/routes/compat.py) answer the
+same errors in FastAPI's own shape instead, `{"detail": message}`, which their clients expect.
 """
 
 from __future__ import annotations
@@ -227,11 +229,6 @@ def from_adapter_error(exc: AdapterError) -> InvalidRequestError:
     return InvalidRequestError(str(exc), param=exc.param)
 
 
-def error_response(exc: GatewayError, path: str = "") -> JSONResponse:
-    body = inference_api_body(exc) if is_inference_api_path(path) else exc.to_dict()
-    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers())
-
-
 # The Hugging Face Inference-API route (POST /models/{id}) answers errors in that API's own shape,
 # `{"error": "…"}` (+ `estimated_time` while loading), which its clients (huggingface_hub) parse.
 INFERENCE_API_PREFIX = "/models/"
@@ -246,6 +243,26 @@ def inference_api_body(exc: GatewayError) -> dict[str, Any]:
     if isinstance(exc, ModelLoadingError):
         body["estimated_time"] = round(exc.estimated_time, 1)
     return body
+
+
+def wants_detail(scope: Any) -> bool:
+    """Whether this request's path answers errors as `{"detail": …}` (the tutorials' routes)."""
+    state = getattr(scope.get("app"), "state", None)
+    return scope.get("path") in getattr(state, "detail_error_paths", ())
+
+
+def shaped_body(scope: Any, exc: GatewayError) -> dict[str, Any]:
+    """The error in the shape the request's route documents: the Inference API's `{"error"}` on
+    /models/{id}, FastAPI's `{"detail"}` on the tutorials' routes, else the OpenAI envelope."""
+    if scope is None:
+        return exc.to_dict()
+    if is_inference_api_path(scope.get("path", "")):
+        return inference_api_body(exc)
+    return {"detail": exc.message} if wants_detail(scope) else exc.to_dict()
+
+
+def error_response(exc: GatewayError, scope: Any = None) -> JSONResponse:
+    return JSONResponse(shaped_body(scope, exc), status_code=exc.status_code, headers=exc.headers())
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
@@ -270,21 +287,23 @@ def install_error_handlers(app: FastAPI) -> None:
         level = exc.log_level()
         if level is not None:
             logger.log(level, "request failed: %s", exc.message)
-        return error_response(exc, request.url.path)
+        return error_response(exc, request.scope)
 
     @app.exception_handler(AdapterError)
     async def _adapter(request: Request, exc: AdapterError) -> JSONResponse:
-        return error_response(from_adapter_error(exc), request.url.path)
+        return error_response(from_adapter_error(exc), request.scope)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         message, param = _validation_message(exc)
-        if is_inference_api_path(request.url.path):
-            return JSONResponse({"error": message}, status_code=400)
-        return JSONResponse(error_body(message, "invalid_request_error", param, None), status_code=400)
+        return error_response(InvalidRequestError(message, param=param), request.scope)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if wants_detail(request.scope):
+            return JSONResponse(
+                {"detail": str(exc.detail)}, status_code=exc.status_code, headers=getattr(exc, "headers", None)
+            )
         error_type = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
         inference_api = is_inference_api_path(request.url.path)
         return JSONResponse(

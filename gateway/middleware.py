@@ -17,14 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.accounting import RequestRecord, close_record, open_record
-from gateway.errors import (
-    GatewayError,
-    PayloadTooLargeError,
-    UnsupportedMediaTypeError,
-    error_body,
-    inference_api_body,
-    is_inference_api_path,
-)
+from gateway.errors import GatewayError, PayloadTooLargeError, UnsupportedMediaTypeError, error_body, shaped_body
 from gateway.logsafe import printable
 
 logger = logging.getLogger(__name__)
@@ -33,10 +26,9 @@ BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
 async def send_error(send: Send, exc: GatewayError, scope: Scope | None = None) -> None:
-    """Answer with the OpenAI envelope straight from a middleware (the app never sees the request); the
-    Inference-API route (/models/…) gets its own `{"error": …}` shape."""
-    inference_api = scope is not None and is_inference_api_path(scope.get("path", ""))
-    body = json.dumps(inference_api_body(exc) if inference_api else exc.to_dict()).encode()
+    """Answer with an error straight from a middleware (the app never sees the request): with the scope, in
+    the shape its route documents (gateway/errors.py shaped_body), else the OpenAI envelope."""
+    body = json.dumps(shaped_body(scope, exc)).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers().items()]
     await send({"type": "http.response.start", "status": exc.status_code, "headers": headers})

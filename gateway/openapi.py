@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from gateway.schemas.chat import ChatCompletionChunk
+from gateway.schemas.compat import DetailError
 from gateway.schemas.completions import Completion
 from gateway.schemas.errors import ErrorResponse
 from gateway.schemas.inference_api import InferenceAPIError, InferenceRequest
@@ -69,6 +70,9 @@ OPERATIONS: dict[tuple[str, str], Documented] = {
     ("post", "/models/{model_id}"): Documented(
         (400, 404, 413, 415, 500, 503), error_model=InferenceAPIError, request_model=InferenceRequest
     ),
+    # the tutorials' routes (gateway/routes/compat.py): errors as {"detail": …}
+    ("post", "/generate"): Documented(GENERATION_ERRORS, error_model=DetailError),
+    ("post", "/"): Documented(GENERATION_ERRORS, error_model=DetailError),
 }
 
 

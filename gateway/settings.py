@@ -204,6 +204,11 @@ class Settings(BaseSettings, AccessSettings):  # AccessSettings: keys, limits, t
         default=None,
         description="Bearer token for the /admin API (load, unload, add, remove models); unset = /admin is off.",
     )
+    compat_routes: bool = Field(
+        default=True,
+        description="Serve the tutorials' APIs: POST /generate (distilgpt2 tutorial) and POST / (self-hosted LLM "
+        "tutorials, with history); false removes both.",
+    )
     state_file: Path | None = Field(
         default=None,
         description="JSON file keeping models added or removed through /admin across restarts; default "

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.errors import RequestTimeoutError, ShuttingDownError, inference_api_body, is_inference_api_path
+from gateway.errors import RequestTimeoutError, ShuttingDownError, shaped_body
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -192,8 +192,7 @@ class ShutdownMiddleware:
 
 async def _refuse(send: Send, scope: Scope) -> None:
     error = ShuttingDownError()
-    inference_api = is_inference_api_path(scope.get("path", ""))  # POST /models/{id}: its own error shape
-    body = json.dumps(inference_api_body(error) if inference_api else error.to_dict()).encode()
+    body = json.dumps(shaped_body(scope, error)).encode()  # in the shape the route documents
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in error.headers().items()]
     headers.append((b"connection", b"close"))  # this server is going away: do not keep the connection
