@@ -236,6 +236,8 @@ class PipelineSpec(SpecBase):
 
     def public_root(self) -> str | None:
         return None if is_local_path(self.source) else self.source
+
+
 class UpstreamReplica(BaseModel):
     """One server of an upstream entry (vLLM, SGLang, TGI, llama.cpp, Ollama, another Gantry, ...)."""
 

@@ -38,7 +38,7 @@ def test_no_422_is_documented_and_validation_errors_are_400_envelopes() -> None:
         assert "422" not in op["responses"], (method, path)
         if "requestBody" in op:
             error = op["responses"]["400"]["content"]["application/json"]["schema"]
-            model = OPERATIONS[(method, path)].error_model.__name__  # the Inference API and tutorial routes have their own
+            model = OPERATIONS[(method, path)].error_model.__name__  # Inference API, tutorials: own shape
             assert error == {"$ref": f"#/components/schemas/{model}"}, (method, path)
     assert "HTTPValidationError" not in document()["components"]["schemas"]
 
