@@ -298,8 +298,7 @@ class UpstreamSpec(SpecBase):
 
 # One spec class per kind, keyed by its `kind` value; an entry without `kind` is `local`. A new kind adds
 # its class here (and its ModelKind in gateway/registry/kinds.py).
-SPEC_TYPES: dict[str, type[SpecBase]] = {"local": ModelSpec, "pipeline": PipelineSpec}
-SPEC_TYPES: dict[str, type[SpecBase]] = {"local": ModelSpec, "upstream": UpstreamSpec}
+SPEC_TYPES: dict[str, type[SpecBase]] = {"local": ModelSpec, "upstream": UpstreamSpec, "pipeline": PipelineSpec}
 
 
 def spec_kind(value: Any) -> str:
