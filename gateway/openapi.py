@@ -57,6 +57,7 @@ OPERATIONS: dict[tuple[str, str], Documented] = {
     ("post", "/admin/models/{model_id}/load"): Documented((*ADMIN_ERRORS, 503)),
     ("post", "/admin/models/{model_id}/unload"): Documented(ADMIN_ERRORS),
     ("delete", "/admin/models/{model_id}"): Documented(ADMIN_ERRORS),
+    ("get", "/metrics"): Documented(),
 }
 
 
