@@ -12,7 +12,9 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from gateway.access.setup import install_access
+from gateway.access_log import AccessLog, PromptCaptureMiddleware
 from gateway.errors import install_error_handlers
+from gateway.metrics import GatewayMetrics
 from gateway.middleware import (
     BodySizeLimitMiddleware,
     EnvelopeCORSMiddleware,
@@ -21,7 +23,7 @@ from gateway.middleware import (
 )
 from gateway.openapi import install_openapi
 from gateway.registry import ModelFactory, ModelRegistry, RegistryStore
-from gateway.routes import admin, chat, completions, health, inference_api, models
+from gateway.routes import admin, chat, completions, health, inference_api, metrics, models
 from gateway.routes.compat import install_compat_routes
 from gateway.services.chat import ChatService
 from gateway.services.completions import CompletionService
@@ -90,12 +92,14 @@ def create_app(settings: Settings | None = None, *, factory: ModelFactory | None
     app.state.shutdown = shutdown
     # Called with every finished request's RequestRecord (metrics, access log, token limits append here).
     app.state.request_observers = []
+    app.state.metrics = GatewayMetrics(registry)  # GET /metrics; per app, never module-global
+    app.state.request_observers += [app.state.metrics.observe, AccessLog()]
     workers = WorkerPool(settings.prepare_threads, settings.prepare_queue)  # shared by both services
     app.state.chat_service = ChatService(registry, settings, workers)
     app.state.completion_service = CompletionService(registry, settings, workers)
     app.state.inference_api_service = InferenceAPIService(registry)
     install_error_handlers(app)
-    for module in (chat, completions, models, health, admin, inference_api):
+    for module in (chat, completions, models, health, admin, inference_api, metrics):
         app.include_router(module.router)
     app.state.workers = workers
     if settings.compat_routes:  # POST /generate and POST /, the tutorials' shapes
@@ -125,5 +129,7 @@ def install_middleware(app: FastAPI, settings: Settings) -> None:
             allow_credentials=False,
             expose_headers=["x-request-id", "retry-after"],
         )
+    if settings.log_prompts:  # keeps the prompt for the log; inside the request context, which opens the record
+        app.add_middleware(PromptCaptureMiddleware)
     # outermost: sees every response
     app.add_middleware(RequestContextMiddleware, observers=app.state.request_observers)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.accounting import RequestRecord, close_record, open_record
@@ -67,6 +68,7 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 started = True
                 status = message["status"]
+                record.route = route_template(scope)
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode("latin-1"))]
             await send(message)
@@ -90,9 +92,25 @@ class RequestContextMiddleware:
             await send_error(send_with_id, error, scope)
         finally:
             if record.finished_at is None:  # the last byte was never sent: the client went away, or an error
+                record.route = record.route or route_template(scope)
                 record.aborted = True
                 record.finish(status)
             close_record(token)
+
+
+def route_template(scope: Scope) -> str | None:
+    """The path template of the route serving the request (e.g. /v1/models/{model_id}), so metrics get one
+    label per route, not per path; a request refused by a middleware before routing is matched here;
+    None when no route serves the path."""
+    route = scope.get("route")
+    if route is None:
+        app = scope.get("app")
+        for candidate in getattr(getattr(app, "router", None), "routes", ()):
+            match, _ = candidate.matches(scope)
+            if match is Match.FULL:
+                route = candidate
+                break
+    return getattr(route, "path_format", None) or getattr(route, "path", None)
 
 
 class JSONContentTypeMiddleware:

@@ -73,6 +73,7 @@ OPERATIONS: dict[tuple[str, str], Documented] = {
     # the tutorials' routes (gateway/routes/compat.py): errors as {"detail": …}
     ("post", "/generate"): Documented(GENERATION_ERRORS, error_model=DetailError),
     ("post", "/"): Documented(GENERATION_ERRORS, error_model=DetailError),
+    ("get", "/metrics"): Documented(),
 }
 
 

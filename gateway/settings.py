@@ -183,6 +183,13 @@ class Settings(BaseSettings, AccessSettings):  # AccessSettings: keys, limits, t
         "(new requests get 503 at once).",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="Log lines as text, or json: one JSON object per line (for log collectors)."
+    )
+    log_prompts: bool = Field(
+        default=False,
+        description="Log each request's prompt and output text (off: they are never logged; they may be private).",
+    )
     keep_alive: float | str = Field(  # `| str`: the generated CLI flag then accepts `5m` (validated to seconds)
         default=-1.0,
         description="Default idle time before a model is unloaded (seconds or `5m`; -1 = never; 0 = when idle); "
