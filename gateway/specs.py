@@ -167,9 +167,74 @@ class ModelSpec(SpecBase):
     )
 
 
+# Tasks a `kind: pipeline` entry may name (aliases and `translation_xx_to_yy` included); see gateway/pipelines.
+PIPELINE_TASKS = (
+    "text-classification",
+    "sentiment-analysis",
+    "token-classification",
+    "ner",
+    "question-answering",
+    "zero-shot-classification",
+    "fill-mask",
+    "translation",
+    "summarization",
+    "text2text-generation",
+    "feature-extraction",
+    "automatic-speech-recognition",
+)
+_TRANSLATION_TASK = re.compile(
+    r"^translation_[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]+)?_to_[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]+)?$"
+)
+
+
+class PipelineSpec(SpecBase):
+    """A Hugging Face task pipeline in this process (`kind: pipeline`), served on POST /models/{id} (the
+    Inference API's shape) and, for automatic-speech-recognition, on /v1/audio/*."""
+
+    kind: Literal["pipeline"] = Field(description="pipeline = a transformers task pipeline in this process.")
+    task: str = Field(
+        description="The pipeline task: " + ", ".join(PIPELINE_TASKS) + ", or translation_xx_to_yy (e.g. "
+        "translation_en_to_fr)."
+    )
+    source: str = Field(description="A local model directory or a Hugging Face model id.")
+    revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit).")
+    device: str = Field(default="auto", description="auto (cuda → mps → cpu), cpu, cuda, cuda:1, mps.")
+    dtype: Dtype = Field(default="auto", description="Weights dtype; auto = float16 on GPU, float32 on CPU.")
+    batch_size: int = Field(
+        default=8,
+        ge=1,
+        description="Inputs run through the model together (a list input, and requests that "
+        "arrive within batch_wait_ms of each other).",
+    )
+    batch_wait_ms: float = Field(
+        default=5.0, ge=0, le=1000, description="How long a request waits for others to share its batch."
+    )
+    max_concurrency: int = Field(
+        default=1, ge=1, description="Pipeline calls (batches) running at once for this model; others queue."
+    )
+    parameters: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Default call parameters (e.g. top_k, candidate_labels, max_new_tokens, chunk_length_s); "
+        "a request's `parameters` override them.",
+    )
+    trust_remote_code: bool = Field(default=False, description="Allow the model repo's own Python code.")
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, task: str) -> str:
+        if task in PIPELINE_TASKS or _TRANSLATION_TASK.match(task):
+            return task
+        raise ValueError(
+            f"unsupported pipeline task {task!r}; use one of {', '.join(PIPELINE_TASKS)} or translation_xx_to_yy"
+        )
+
+    def public_root(self) -> str | None:
+        return None if is_local_path(self.source) else self.source
+
+
 # One spec class per kind, keyed by its `kind` value; an entry without `kind` is `local`. A new kind adds
 # its class here (and its ModelKind in gateway/registry/kinds.py).
-SPEC_TYPES: dict[str, type[SpecBase]] = {"local": ModelSpec}
+SPEC_TYPES: dict[str, type[SpecBase]] = {"local": ModelSpec, "pipeline": PipelineSpec}
 
 
 def spec_kind(value: Any) -> str:

@@ -89,14 +89,16 @@ class ModelRegistry:
         return entry
 
     def capabilities(self, entry: ModelEntry) -> frozenset[str]:
-        return self.lifecycle.kind(entry).capabilities
+        kind = self.lifecycle.kind(entry)
+        narrowed = getattr(kind, "spec_capabilities", None)  # per entry, where the kind has it
+        return narrowed(entry.spec) if narrowed is not None else kind.capabilities
 
     def describe(self, entry: ModelEntry) -> dict[str, Any]:
         """Lifecycle view of an entry (GET /v1/models/{id} details, /admin/models)."""
         kind = self.lifecycle.kind(entry)
         handle = entry.served
         status = entry.status(
-            capabilities=kind.capabilities, context_length=kind.context_length(handle) if handle else None
+            capabilities=self.capabilities(entry), context_length=kind.context_length(handle) if handle else None
         )
         if status["memory_bytes"] is None:
             status["memory_bytes"] = entry.size_bytes

@@ -42,6 +42,9 @@ class ModelKind(Protocol):
 
     def context_length(self, handle: Any) -> int | None: ...
 
+    # Optional: `spec_capabilities(spec) -> frozenset[str]`, what one entry can serve when that is narrower
+    # than the kind's `capabilities` (a pipeline serves its own task only).
+
     def size_bytes(self, spec: SpecBase) -> int | None:
         """Bytes of the weights on disk before the first load (for load-time and memory estimates)."""
         ...
@@ -103,4 +106,6 @@ def free_memory() -> None:
 
 
 def default_kinds(factory: ModelFactory) -> dict[str, ModelKind]:
-    return {"local": LocalKind(factory)}
+    from gateway.pipelines.kind import PipelineKind  # no torch at import
+
+    return {"local": LocalKind(factory), "pipeline": PipelineKind()}
