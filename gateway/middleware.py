@@ -47,8 +47,13 @@ class BodyRule:
     def matches(self, scope: Scope, headers: Headers) -> bool:
         if not str(scope.get("path", "")).startswith(self.path_prefix):
             return False
-        media = _media_type(headers.get("content-type"))
-        return any(media == t or (t.endswith("/*") and media.startswith(t[:-1])) for t in self.media_types)
+        return media_matches(headers.get("content-type"), self.media_types)
+
+
+def media_matches(content_type: str | None, patterns: Sequence[str]) -> bool:
+    """Whether a Content-Type is one of `patterns` (`audio/*` matches every audio type)."""
+    media = _media_type(content_type)
+    return bool(media) and any(media == p or (p.endswith("/*") and media.startswith(p[:-1])) for p in patterns)
 
 
 def matching_rule(rules: Sequence[BodyRule], scope: Scope, headers: Headers) -> BodyRule | None:

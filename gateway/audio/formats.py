@@ -46,7 +46,7 @@ def segments_from_chunks(chunks: list[dict[str, Any]], duration: float, tokenize
     for chunk in chunks:
         start, end = chunk.get("timestamp") or (None, None)
         start = float(start) if start is not None else (segments[-1].end if segments else 0.0)
-        end = float(end) if end is not None else max(start, duration)
+        end = max(float(end), start) if end is not None else max(start, duration)  # a cue never ends before it starts
         text = str(chunk.get("text", ""))
         segments.append(Segment(start=start, end=end, text=text, tokens=tokenize(text) if tokenize else []))
     return segments

@@ -35,7 +35,8 @@ def build_tiny_whisper(target: Path) -> Path:
 
     gpt2 = tokenizer_fixture("gpt2")
     vocab = json.loads((gpt2 / "vocab.json").read_text(encoding="utf-8"))
-    merges = [tuple(line.split()) for line in (gpt2 / "merges.txt").read_text(encoding="utf-8").splitlines()[1:] if line]
+    lines = (gpt2 / "merges.txt").read_text(encoding="utf-8").splitlines()[1:]  # the first is a version header
+    merges = [tuple(line.split()) for line in lines if line]
     languages = [f"<|{code}|>" for code in LANGUAGES]
     timestamps = [f"<|{i * 0.02:.2f}|>" for i in range(TIMESTAMPS)]
     specials = ["<|startoftranscript|>", *languages, *_CONTROL]
