@@ -16,7 +16,7 @@ from gateway.audio.formats import Segment, Transcript, segments_from_chunks
 from gateway.errors import InvalidRequestError, UnsupportedParameterError
 
 WHISPER = "seq2seq_whisper"  # transformers' AutomaticSpeechRecognitionPipeline.type for Whisper models
-CHUNK_SECONDS = 30.0  # Whisper's window; longer audio is cut into windows of this length (`chunk_length_s`)
+WINDOW_SECONDS = 30.0  # Whisper's; longer audio is cut into windows (`chunk_length_s`) of the model's own length
 TASKS = ("transcribe", "translate")
 
 
@@ -32,6 +32,12 @@ class SpeechOptions:
 def sampling_rate(pipeline: Any) -> int:
     extractor = getattr(pipeline, "feature_extractor", None)
     return int(getattr(extractor, "sampling_rate", 16_000) or 16_000)
+
+
+def window_seconds(pipeline: Any) -> float:
+    """The audio one forward pass sees (Whisper's feature extractor pads or cuts to 30 s)."""
+    extractor = getattr(pipeline, "feature_extractor", None)
+    return float(getattr(extractor, "chunk_length", None) or WINDOW_SECONDS)
 
 
 def split_language(parameters: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -63,8 +69,9 @@ def call_kwargs(pipeline: Any, defaults: dict[str, Any], options: SpeechOptions,
             generate.update(do_sample=True, temperature=options.temperature)
         if options.timestamps:
             params.update(return_timestamps=True, return_language=True)
-    if duration > CHUNK_SECONDS and "chunk_length_s" not in params:
-        params["chunk_length_s"] = CHUNK_SECONDS
+    window = window_seconds(pipeline)
+    if duration > window and "chunk_length_s" not in params:
+        params["chunk_length_s"] = window
     if generate:
         params["generate_kwargs"] = generate
     return params
