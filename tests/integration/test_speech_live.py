@@ -201,7 +201,7 @@ def test_bad_uploads_get_4xx_and_the_server_stays_healthy(speech: Speech, tmp_pa
     assert too_large.value.body["code"] == "request_too_large"
     url = f"{speech.server.base_url}/audio/transcriptions"
     for data, files, status in [
-        ({"model": ASR_MODEL}, None, 400),  # no file
+        ({}, {"model": (None, ASR_MODEL)}, 400),  # multipart without a file
         ({"model": ASR_MODEL, "response_format": "docx"}, {"file": ("a.wav", speech.clip.read_bytes())}, 400),
         ({"model": "no-such-model"}, {"file": ("a.wav", speech.clip.read_bytes())}, 404),
         ({"model": ASR_MODEL}, {"file": ("empty.wav", b"")}, 400),
