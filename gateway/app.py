@@ -21,11 +21,12 @@ from gateway.middleware import (
 )
 from gateway.openapi import install_openapi
 from gateway.registry import ModelFactory, ModelRegistry, RegistryStore
-from gateway.routes import admin, chat, completions, health, models
+from gateway.routes import admin, chat, completions, health, inference_api, models
 from gateway.routes import audio as audio_routes
 from gateway.services.audio import AudioService
 from gateway.services.chat import ChatService
 from gateway.services.completions import CompletionService
+from gateway.services.inference_api import InferenceAPIService
 from gateway.services.workers import WorkerPool
 from gateway.settings import Settings
 from gateway.shutdown import Shutdown, ShutdownMiddleware
@@ -94,8 +95,9 @@ def create_app(settings: Settings | None = None, *, factory: ModelFactory | None
     app.state.chat_service = ChatService(registry, settings, workers)
     app.state.completion_service = CompletionService(registry, settings, workers)
     app.state.audio_service = AudioService(registry, settings)
+    app.state.inference_api_service = InferenceAPIService(registry)
     install_error_handlers(app)
-    for module in (chat, completions, models, health, admin):
+    for module in (chat, completions, models, health, admin, inference_api):
         app.include_router(module.router)
     app.include_router(audio_routes.router)
     install_openapi(app)

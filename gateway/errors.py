@@ -198,8 +198,25 @@ def from_adapter_error(exc: AdapterError) -> InvalidRequestError:
     return InvalidRequestError(str(exc), param=exc.param)
 
 
-def error_response(exc: GatewayError) -> JSONResponse:
-    return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=exc.headers())
+def error_response(exc: GatewayError, path: str = "") -> JSONResponse:
+    body = inference_api_body(exc) if is_inference_api_path(path) else exc.to_dict()
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers())
+
+
+# The Hugging Face Inference-API route (POST /models/{id}) answers errors in that API's own shape,
+# `{"error": "…"}` (+ `estimated_time` while loading), which its clients (huggingface_hub) parse.
+INFERENCE_API_PREFIX = "/models/"
+
+
+def is_inference_api_path(path: str) -> bool:
+    return path.startswith(INFERENCE_API_PREFIX)
+
+
+def inference_api_body(exc: GatewayError) -> dict[str, Any]:
+    body: dict[str, Any] = {"error": exc.message}
+    if isinstance(exc, ModelLoadingError):
+        body["estimated_time"] = round(exc.estimated_time, 1)
+    return body
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
@@ -220,26 +237,29 @@ def install_error_handlers(app: FastAPI) -> None:
     """Map every error the app can raise to the OpenAI envelope (validation → 400, not 422)."""
 
     @app.exception_handler(GatewayError)
-    async def _gateway(_: Request, exc: GatewayError) -> JSONResponse:
+    async def _gateway(request: Request, exc: GatewayError) -> JSONResponse:
         level = exc.log_level()
         if level is not None:
             logger.log(level, "request failed: %s", exc.message)
-        return error_response(exc)
+        return error_response(exc, request.url.path)
 
     @app.exception_handler(AdapterError)
-    async def _adapter(_: Request, exc: AdapterError) -> JSONResponse:
-        return error_response(from_adapter_error(exc))
+    async def _adapter(request: Request, exc: AdapterError) -> JSONResponse:
+        return error_response(from_adapter_error(exc), request.url.path)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         message, param = _validation_message(exc)
+        if is_inference_api_path(request.url.path):
+            return JSONResponse({"error": message}, status_code=400)
         return JSONResponse(error_body(message, "invalid_request_error", param, None), status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         error_type = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        inference_api = is_inference_api_path(request.url.path)
         return JSONResponse(
-            error_body(str(exc.detail), error_type, None, None),
+            {"error": str(exc.detail)} if inference_api else error_body(str(exc.detail), error_type, None, None),
             status_code=exc.status_code,
             headers=getattr(exc, "headers", None),
         )

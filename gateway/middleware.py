@@ -18,7 +18,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.accounting import RequestRecord, close_record, open_record
-from gateway.errors import GatewayError, PayloadTooLargeError, UnsupportedMediaTypeError, error_body
+from gateway.errors import (
+    GatewayError,
+    PayloadTooLargeError,
+    UnsupportedMediaTypeError,
+    error_body,
+    inference_api_body,
+    is_inference_api_path,
+)
 from gateway.logsafe import printable
 
 logger = logging.getLogger(__name__)
@@ -26,9 +33,11 @@ logger = logging.getLogger(__name__)
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
-async def send_error(send: Send, exc: GatewayError) -> None:
-    """Answer with the OpenAI envelope straight from a middleware (the app never sees the request)."""
-    body = json.dumps(exc.to_dict()).encode()
+async def send_error(send: Send, exc: GatewayError, scope: Scope | None = None) -> None:
+    """Answer with the OpenAI envelope straight from a middleware (the app never sees the request); the
+    Inference-API route (/models/…) gets its own `{"error": …}` shape."""
+    inference_api = scope is not None and is_inference_api_path(scope.get("path", ""))
+    body = json.dumps(inference_api_body(exc) if inference_api else exc.to_dict()).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers().items()]
     await send({"type": "http.response.start", "status": exc.status_code, "headers": headers})
@@ -116,7 +125,7 @@ class RequestContextMiddleware:
                 raise
             # No exception text to the client: the log has it, the request id finds it there.
             error = GatewayError(f"Internal server error (request id {request_id}).")
-            await send_error(send_with_id, error)
+            await send_error(send_with_id, error, scope)
         finally:
             if record.finished_at is None:  # the last byte was never sent: the client went away, or an error
                 record.aborted = True
@@ -149,6 +158,7 @@ class JSONContentTypeMiddleware:
                     UnsupportedMediaTypeError(
                         f"Request bodies must be JSON with 'Content-Type: application/json' ({got})."
                     ),
+                    scope,
                 )
                 return
         await self.app(scope, receive, send)
@@ -186,7 +196,7 @@ class BodySizeLimitMiddleware:
         length = headers.get("content-length")
         if length is not None:
             if length.isdigit() and int(length) > limit:
-                await send_error(send, self._too_large(limit, int(length)))
+                await send_error(send, self._too_large(limit, int(length)), scope)
                 return
             await self.app(scope, receive, send)  # the server holds the body to its declared length
             return
@@ -202,7 +212,7 @@ class BodySizeLimitMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                await send_error(send, self._too_large(limit))
+                await send_error(send, self._too_large(limit), scope)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):

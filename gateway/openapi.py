@@ -18,6 +18,7 @@ from pydantic.json_schema import models_json_schema
 from gateway.schemas.chat import ChatCompletionChunk
 from gateway.schemas.completions import Completion
 from gateway.schemas.errors import ErrorResponse
+from gateway.schemas.inference_api import InferenceAPIError, InferenceRequest
 
 REF = "#/components/schemas/{model}"
 
@@ -46,6 +47,8 @@ class Documented:
     errors: tuple[int, ...] = ()
     stream_chunk: type[BaseModel] | None = None  # the model of each SSE `data:` line when `stream: true`
     multipart: bool = False  # a form with a file: FastAPI documents a form model as urlencoded
+    error_model: type[BaseModel] = ErrorResponse  # the body of its errors (the Inference API has its own)
+    request_model: type[BaseModel] | None = None  # a body the route parses itself, named in openapi_extra
 
 
 OPERATIONS: dict[tuple[str, str], Documented] = {
@@ -62,6 +65,9 @@ OPERATIONS: dict[tuple[str, str], Documented] = {
     ("delete", "/admin/models/{model_id}"): Documented(ADMIN_ERRORS),
     ("post", "/v1/audio/transcriptions"): Documented(SPEECH_ERRORS, multipart=True),
     ("post", "/v1/audio/translations"): Documented(SPEECH_ERRORS, multipart=True),
+    ("post", "/models/{model_id}"): Documented(
+        (400, 404, 413, 415, 500, 503), error_model=InferenceAPIError, request_model=InferenceRequest
+    ),
 }
 
 
@@ -77,14 +83,15 @@ def install_openapi(app: FastAPI) -> None:
 
 def document(schema: dict[str, Any]) -> dict[str, Any]:
     components = schema.setdefault("components", {}).setdefault("schemas", {})
-    _add_models(components, ErrorResponse, *(d.stream_chunk for d in OPERATIONS.values() if d.stream_chunk))
+    extra = [m for d in OPERATIONS.values() for m in (d.stream_chunk, d.request_model, d.error_model) if m]
+    _add_models(components, ErrorResponse, *extra)
     for path, operations in schema.get("paths", {}).items():
         for method, operation in operations.items():
             documented = OPERATIONS.get((method, path), Documented())
             responses = operation.setdefault("responses", {})
             responses.pop("422", None)
             for status in documented.errors:
-                responses[str(status)] = _error_response(status)
+                responses[str(status)] = _error_response(status, documented.error_model)
             if documented.stream_chunk is not None:
                 responses["200"]["content"]["text/event-stream"] = _event_stream(documented.stream_chunk)
             if documented.multipart:
@@ -108,10 +115,10 @@ def _as_multipart(operation: dict[str, Any], components: dict[str, Any]) -> None
             field["format"] = "binary"
 
 
-def _error_response(status: int) -> dict[str, Any]:
+def _error_response(status: int, model: type[BaseModel] = ErrorResponse) -> dict[str, Any]:
     response: dict[str, Any] = {
         "description": ERROR_DESCRIPTIONS[status],
-        "content": {"application/json": {"schema": {"$ref": REF.format(model="ErrorResponse")}}},
+        "content": {"application/json": {"schema": {"$ref": REF.format(model=model.__name__)}}},
     }
     if status in (429, 503):
         response["headers"] = RETRY_AFTER

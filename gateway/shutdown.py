@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.errors import ShuttingDownError
+from gateway.errors import ShuttingDownError, inference_api_body, is_inference_api_path
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -165,15 +165,16 @@ class ShutdownMiddleware:
             await self.app(scope, receive, send)
             return
         if self.shutdown.draining:
-            await _refuse(send)
+            await _refuse(send, scope)
             return
         with self.shutdown.tracking():
             await self.app(scope, receive, send)
 
 
-async def _refuse(send: Send) -> None:
+async def _refuse(send: Send, scope: Scope) -> None:
     error = ShuttingDownError()
-    body = json.dumps(error.to_dict()).encode()
+    inference_api = is_inference_api_path(scope.get("path", ""))  # POST /models/{id}: its own error shape
+    body = json.dumps(inference_api_body(error) if inference_api else error.to_dict()).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in error.headers().items()]
     headers.append((b"connection", b"close"))  # this server is going away: do not keep the connection

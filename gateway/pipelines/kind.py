@@ -13,6 +13,7 @@ from gateway.pipelines.jsonable import to_jsonable
 from gateway.pipelines.tasks import (
     OWN_RUNNERS,
     PIPELINE,
+    UNPADDED_TASKS,
     PipelineInputError,
     Task,
     canonical_task,
@@ -42,6 +43,8 @@ class PipelineHandle:
         self._slots: asyncio.Semaphore | None = None  # made on the serving loop at first use
         self.batcher = MicroBatcher(self._call_list, max_size=spec.batch_size, wait_s=spec.batch_wait_ms / 1000)
         self.closed = False
+        self.batches = 0  # pipeline calls over a list of inputs (several requests' inputs when batched)
+        self.inputs_run = 0
 
     def parameters(self, overrides: dict[str, Any] | None) -> dict[str, Any]:
         return {**self.call_defaults, **(overrides or {})}
@@ -64,7 +67,10 @@ class PipelineHandle:
 
     async def _call_list(self, items: list[Any], params: dict[str, Any]) -> list[Any]:
         def work() -> list[Any]:
-            outputs = self.pipeline(items, batch_size=min(len(items), self.spec.batch_size), **params)
+            batch = 1 if self.task in UNPADDED_TASKS else min(len(items), self.spec.batch_size)
+            outputs = self.pipeline(items, batch_size=batch, **params)
+            self.batches += 1
+            self.inputs_run += len(items)
             if not isinstance(outputs, list) or len(outputs) != len(items):  # one output per input, always
                 outputs = [outputs] if len(items) == 1 else outputs
             return outputs
@@ -82,8 +88,10 @@ class PipelineHandle:
                 return await loop.run_in_executor(self._executor, work)
             except PipelineInputError:
                 raise
-            except INPUT_ERRORS as exc:
-                raise PipelineInputError(_short(exc)) from exc
+            except Exception as exc:
+                if isinstance(exc, INPUT_ERRORS) or type(exc).__name__ == "PipelineException":
+                    raise PipelineInputError(_short(exc)) from exc
+                raise
 
     def close(self) -> None:
         self.closed = True
@@ -97,6 +105,8 @@ class PipelineHandle:
             "max_concurrency": self.max_concurrency,
             "parameters": self.call_defaults,
             "device": str(getattr(self.pipeline, "device", "cpu")),
+            "batches": self.batches,
+            "inputs_run": self.inputs_run,
         }
 
 

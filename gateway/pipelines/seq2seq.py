@@ -52,7 +52,9 @@ class Seq2SeqRunner:
         clean = params.pop("clean_up_tokenization_spaces", False)
         for unused in (*_TOKENIZE, *_DECODE):
             params.pop(unused, None)
-        params.update(params.pop("generate_kwargs", None) or {})  # transformers 4 accepted both spellings
+        for nested in ("generate_kwargs", "generate_parameters"):  # transformers 4's and huggingface_hub's nesting
+            params.update(params.pop(nested, None) or {})
+        _check_bounds(params)
         prefix = self.prefix(src_lang, tgt_lang)
         size = batch_size or len(texts)
         outputs: list[list[dict[str, str]]] = []
@@ -75,3 +77,14 @@ class Seq2SeqRunner:
             [{self.output_key: text} for text in decoded[i * per_input : (i + 1) * per_input]]
             for i in range(len(texts))
         ]
+
+
+# Bounds on what a request may ask `generate` for: past them one request holds the model for minutes.
+GENERATE_BOUNDS = {"max_new_tokens": 2048, "max_length": 2048, "num_beams": 16, "num_return_sequences": 16}
+
+
+def _check_bounds(params: dict[str, Any]) -> None:
+    for key, bound in GENERATE_BOUNDS.items():
+        value = params.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= bound):
+            raise ValueError(f"`{key}` must be an integer from 1 to {bound}")

@@ -18,6 +18,9 @@ SEQ2SEQ_TASKS = {
     "text2text-generation": "generated_text",
 }
 OWN_RUNNERS = frozenset({*SEQ2SEQ_TASKS, "question-answering"})
+# Tasks whose output changes when inputs are padded into one batch (feature-extraction returns the padded
+# length's token vectors): their list calls run the model one input at a time.
+UNPADDED_TASKS = frozenset({"feature-extraction"})
 
 
 class PipelineInputError(ValueError):
@@ -50,7 +53,10 @@ def is_single(task: str, inputs: Any) -> bool:
 
 def single_output(task: str, single_input: Any, item_output: Any, parameters: dict[str, Any]) -> Any:
     """What `pipeline(x)` returns for one input, given what `pipeline([x, ...])` returned for x.
-    text-classification alone wraps a string's single-label result in a list (transformers' legacy shape)."""
+    text-classification wraps a string's single-label result in a list (transformers' legacy shape), and the
+    seq2seq tasks answer a list of results per input where a list call flattens one-result lists."""
     if task == "text-classification" and isinstance(single_input, str) and "top_k" not in parameters:
+        return [item_output]
+    if task in SEQ2SEQ_TASKS and isinstance(item_output, dict):  # a list call flattens one-result lists
         return [item_output]
     return item_output
