@@ -10,6 +10,7 @@ from gateway.audio.body import decode_off_loop, read_upload
 from gateway.audio.formats import Transcript, render
 from gateway.errors import InvalidRequestError, UnsupportedParameterError
 from gateway.pipelines import ASR, PipelineInputError
+from gateway.pipelines.jsonable import to_jsonable
 from gateway.registry import ModelRegistry
 from gateway.schemas.audio import TranscriptionForm
 from gateway.settings import Settings
@@ -47,6 +48,22 @@ class AudioService:
             transcript = asr.transcript(pipeline, output, options, duration=duration, language=language)
         count_tokens(0, _token_count(transcript))
         return render(transcript, form.response_format)
+
+
+async def infer_speech(handle: Any, data: bytes, parameters: dict[str, Any]) -> Any:
+    """An ASR entry on the Inference-API route: what `pipeline(audio, **parameters)` returns, with the entry's
+    defaults under the request's parameters and Whisper's `language` / `task` made generate() arguments."""
+    pipeline = handle.pipeline
+    audio = await decode_off_loop(data, asr.sampling_rate(pipeline))
+    kwargs = asr.inference_kwargs(pipeline, handle.call_defaults, parameters)
+    try:
+        output = await handle.call(audio, **kwargs)
+    except PipelineInputError as exc:
+        raise InvalidRequestError(str(exc), param="parameters") from exc
+    text = output.get("text", "") if isinstance(output, dict) else ""
+    tokenizer = getattr(pipeline, "tokenizer", None)
+    count_tokens(0, len(tokenizer.encode(text, add_special_tokens=False)) if tokenizer and text else 0)
+    return to_jsonable(output)
 
 
 def _check_options(form: TranscriptionForm) -> None:

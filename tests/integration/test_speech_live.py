@@ -213,3 +213,28 @@ def test_bad_uploads_get_4xx_and_the_server_stays_healthy(speech: Speech, tmp_pa
     assert r.status_code == 415
     assert httpx.get(f"{speech.server.url}/health", timeout=10).status_code == 200
     assert transcribe(speech).text == speech.expected()["text"]
+
+
+def test_inference_client_automatic_speech_recognition(speech: Speech) -> None:
+    from huggingface_hub import InferenceClient
+
+    client = InferenceClient(model=f"{speech.server.url}/models/{ASR_MODEL}", timeout=120)
+    # The path of a .wav: huggingface_hub posts the raw bytes with Content-Type audio/x-wav.
+    assert client.automatic_speech_recognition(speech.clip).text == speech.expected()["text"]
+    # With parameters it posts JSON instead: base64 `inputs` and `parameters` (language → Whisper's prompt).
+    zh = speech.expected(generate_kwargs={"language": "zh", "task": "transcribe"})["text"]
+    assert client.automatic_speech_recognition(speech.clip, extra_body={"language": "zh"}).text == zh
+    waits = {"x-wait-for-model": "true"}  # the entry may still be loading: wait rather than get its 503
+    zh_entry = InferenceClient(model=f"{speech.server.url}/models/{ZH_MODEL}", timeout=120, headers=waits)
+    assert zh_entry.automatic_speech_recognition(speech.clip).text == zh  # the entry's default language
+
+
+def test_inference_api_bad_audio_gets_its_error_shape(speech: Speech) -> None:
+    url = f"{speech.server.url}/models/{ASR_MODEL}"
+    r = httpx.post(url, content=b"plain text, not audio\n" * 10, headers={"content-type": "audio/wav"}, timeout=60)
+    assert r.status_code == 400 and isinstance(r.json()["error"], str), r.text
+    r = httpx.post(url, content=b"\0" * (30 << 20), headers={"content-type": "audio/wav"}, timeout=60)
+    assert r.status_code == 413 and isinstance(r.json()["error"], str), r.text
+    r = httpx.post(url, json={"inputs": "not base64 audio!"}, timeout=60)
+    assert r.status_code == 400 and isinstance(r.json()["error"], str), r.text
+    assert httpx.get(f"{speech.server.url}/health", timeout=10).status_code == 200
