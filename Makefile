@@ -28,6 +28,11 @@ serve: $(STAMP)
 	$(BIN)/python -m gateway serve $(SERVE_FLAGS)
 
 test: $(STAMP)
+	@# The speech tests synthesize with espeak-ng and decode with ffmpeg (Debian packages); they skip without them.
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  ! { command -v ffmpeg && command -v espeak-ng; } >/dev/null; then \
+	  apt-get install -y -qq ffmpeg espeak-ng >/dev/null 2>&1 || echo "could not install ffmpeg espeak-ng: speech tests skip"; \
+	fi
 	$(BIN)/ruff check .
 	@# pytest exits 5 when it collects nothing: say so instead of failing on it.
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS); status=$$?; \
