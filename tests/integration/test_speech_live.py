@@ -163,6 +163,15 @@ def test_translation_uses_the_translate_task(speech: Speech) -> None:
     assert result.text == expected
 
 
+def test_prompt_and_temperature(speech: Speech) -> None:
+    prompt_ids = speech.reference.tokenizer.get_prompt_ids("Gantry speech", return_tensors="pt")
+    with_prompt = speech.expected(generate_kwargs={"task": "transcribe", "prompt_ids": prompt_ids})["text"]
+    assert with_prompt != speech.expected()["text"], "the prompt changes what the tiny model says"
+    assert transcribe(speech, prompt="Gantry speech").text == with_prompt
+    sampled = transcribe(speech, temperature=0.9, response_format="verbose_json")
+    assert sampled.segments and all(s.temperature == 0.9 for s in sampled.segments)
+
+
 @pytest.mark.parametrize("suffix", ["flac", "mp3", "ogg", "webm"])
 def test_other_containers_decode(speech: Speech, suffix: str) -> None:
     encoded = speech.clip.with_suffix(f".{suffix}")
