@@ -87,7 +87,8 @@ def parse_body(body: Any) -> tuple[Any, dict[str, Any], bool]:
 
 def check_inputs(task: str, inputs: Any) -> None:
     """Refuse what the pipeline would misread: a text task takes strings only (a string that is a path or
-    URL stays text), question-answering takes {"question", "context"} objects."""
+    URL stays text; text-classification also takes {"text", "text_pair"}), question-answering takes
+    {"question", "context"} objects."""
     if task == ASR:
         raise InvalidRequestError(
             "Send the audio itself as the request body (Content-Type: audio/*), not JSON.", param="inputs"
@@ -106,6 +107,9 @@ def check_inputs(task: str, inputs: Any) -> None:
                 )
         return
     for item in items:
+        if task == "text-classification" and isinstance(item, dict) and _text(item.get("text")):
+            if set(item) <= {"text", "text_pair"} and (_text(item.get("text_pair")) or "text_pair" not in item):
+                continue  # a sentence pair, as the pipeline takes it
         if not _text(item):
             raise InvalidRequestError("`inputs` must be a non-empty string or a list of them.", param="inputs")
 

@@ -79,3 +79,21 @@ def test_micro_batcher_batches_and_isolates_a_failing_input() -> None:
     assert isinstance(results[5], ValueError) and results[6] == "f:3"
     assert ["a", "b", "c"] in calls and ["d"] in calls and ["e"] in calls  # full batch flushed at once
     assert ["bad", "f"] in calls and ["f"] in calls  # the failed batch re-ran its inputs one by one
+
+
+def test_token_counts_use_the_pipelines_tokenizer() -> None:
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from gateway.services.inference_api import _token_counts
+    from tests.conftest import tokenizer_fixture
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_fixture("gpt2"))
+    handle = SimpleNamespace(pipeline=SimpleNamespace(tokenizer=tokenizer))
+    inputs = ["Hello world", {"question": "Who?", "context": "Me."}]
+    output = [[{"translation_text": "Bonjour le monde"}], {"label": "X", "score": 1.0}]
+    prompt, completion = _token_counts(handle, inputs, output)
+    n = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    assert prompt == n("Hello world") + n("Who?") + n("Me.")
+    assert completion == n("Bonjour le monde") > 0
