@@ -13,6 +13,7 @@ from fastapi_offline import FastAPIOffline
 
 from gateway.access.setup import install_access
 from gateway.access_log import AccessLog, PromptCaptureMiddleware
+from gateway.audio.body import audio_body_rules
 from gateway.errors import install_error_handlers
 from gateway.metrics import GatewayMetrics
 from gateway.middleware import (
@@ -24,7 +25,9 @@ from gateway.middleware import (
 from gateway.openapi import install_openapi
 from gateway.registry import ModelFactory, ModelRegistry, RegistryStore
 from gateway.routes import admin, chat, completions, health, inference_api, metrics, models
+from gateway.routes import audio as audio_routes
 from gateway.routes.compat import install_compat_routes
+from gateway.services.audio import AudioService
 from gateway.services.chat import ChatService
 from gateway.services.completions import CompletionService
 from gateway.services.inference_api import InferenceAPIService
@@ -97,6 +100,7 @@ def create_app(settings: Settings | None = None, *, factory: ModelFactory | None
     workers = WorkerPool(settings.prepare_threads, settings.prepare_queue)  # shared by both services
     app.state.chat_service = ChatService(registry, settings, workers)
     app.state.completion_service = CompletionService(registry, settings, workers)
+    app.state.audio_service = AudioService(registry, settings)
     app.state.inference_api_service = InferenceAPIService(registry)
     install_error_handlers(app)
     for module in (chat, completions, models, health, admin, inference_api, metrics):
@@ -104,6 +108,7 @@ def create_app(settings: Settings | None = None, *, factory: ModelFactory | None
     app.state.workers = workers
     if settings.compat_routes:  # POST /generate and POST /, the tutorials' shapes
         install_compat_routes(app)
+    app.include_router(audio_routes.router)
     install_openapi(app)
     install_middleware(app, settings)
     return app
@@ -112,8 +117,10 @@ def create_app(settings: Settings | None = None, *, factory: ModelFactory | None
 def install_middleware(app: FastAPI, settings: Settings) -> None:
     """Added innermost first: the body checks run before routing; CORS wraps them so a browser can read
     their errors; the request context wraps everything."""
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(JSONContentTypeMiddleware)
+    # Audio uploads (multipart on /v1/audio, raw audio on /models/{id}) are the bodies that are not JSON.
+    audio_rules = audio_body_rules(settings.max_audio_bytes)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes, rules=audio_rules)
+    app.add_middleware(JSONContentTypeMiddleware, rules=audio_rules)
     # While draining, new requests get a 503 envelope (inside CORS and RequestContext: a browser can read
     # it and it carries an x-request-id).
     app.add_middleware(ShutdownMiddleware, shutdown=app.state.shutdown)

@@ -128,6 +128,12 @@ class Settings(BaseSettings, AccessSettings):  # AccessSettings: keys, limits, t
         ge=1024,
         description="Largest request body in bytes; beyond → 413 before it is read.",
     )
+    max_audio_bytes: int = Field(
+        default=25 << 20,  # OpenAI's 25 MB upload limit for /v1/audio
+        ge=1024,
+        description="Largest audio upload in bytes (/v1/audio multipart files, raw audio bodies on /models/{id}); "
+        "beyond → 413 before it is read. Replaces max_body_bytes for those requests.",
+    )
     max_prompt_chars: int = Field(
         default=500_000,
         ge=1,
