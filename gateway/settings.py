@@ -95,8 +95,8 @@ class Settings(BaseSettings):
     prefill_chunk_tokens: int = Field(
         default=512,
         ge=0,
-        description="Prompt tokens per prefill forward: a longer prompt is prefilled in chunks of this size, with decode "
-        "steps of running requests between them (bounded memory, no stalled streams); 0 = one forward per prompt.",
+        description="Prompt tokens per prefill forward: a longer prompt is prefilled in chunks of this size, with "
+        "decode steps of running requests between them (bounded memory, streams keep going); 0 = off.",
     )
     quantization: Quantization = Field(
         default="none", description="Weight quantization: none, or int8 (dynamic int8 Linear layers, CPU only)."

@@ -365,7 +365,8 @@ class BatchedEngine:
         """One chunk of the long prompt in progress; when it was the last, the row joins and gets its first token."""
         seq = self.chunking.current.seq  # type: ignore[union-attr]
         self.cache.lookahead = self._lookahead([*self._active, seq])
-        logits = self.chunking.step(self.cache, self._chunk_forward)
+        size = self.chunking.size(bool(self._active), self.tuner.cost("decode"), self.tuner.cost("prefill"))
+        logits = self.chunking.step(self.cache, self._chunk_forward, size)
         if logits is None:
             return
         first = len(self._active)

@@ -5,7 +5,9 @@ Why: one forward over a whole 8k-token prompt holds every layer's activations fo
 SmolLM2-135M), and it stalls every running stream for the whole prefill (155-176 s on a loaded 2-core
 machine). In chunks, the forward of chunk i attends to the cache filled by chunks < i (its queries see
 `done + size` keys: a chunk x context mask, never prompt x prompt), and the engine runs one decode step
-of the running rows between chunks, so they keep streaming.
+of the running rows between chunks, so they keep streaming. While rows are decoding, a chunk is cut
+to what takes about two of their decode steps (measured by the thread tuner), so their inter-token
+latency stays near 3x normal; alone, a prompt goes in full `prefill_chunk_tokens` chunks.
 
 The prompt is prefilled in one *pending* row of the shared cache (`BatchKVCache.begin_pending`); its
 columns are allocated once for the whole prompt. Only the last chunk's logits are used (its last
@@ -26,6 +28,12 @@ from typing import Any
 import torch
 
 from gateway.engine.kvcache import BatchKVCache
+
+# While rows are decoding, a chunk takes at most this many decode steps' time (their inter-token latency
+# during a long prefill is then ~3x normal), but no fewer tokens than MIN_INTERLEAVED_CHUNK (a forward
+# reads every weight once: tiny chunks would make the prefill itself many times slower).
+INTERLEAVE_RATIO = 2.0
+MIN_INTERLEAVED_CHUNK = 32
 
 
 @dataclass(eq=False)
@@ -73,14 +81,20 @@ class ChunkScheduler:
         cache.begin_pending(len(prompt))
         self.current = PendingPrefill(seq=seq, prompt=prompt)
 
-    def step(self, cache: BatchKVCache, forward: Any) -> torch.Tensor | None:
-        """Run the next chunk; the last position's logits [1, vocab] once the prompt is complete, else None.
+    def size(self, decoding: bool, decode_step_s: float | None, prefill_token_s: float | None) -> int:
+        """Tokens for the next chunk: `chunk_tokens`, but while other rows are decoding no more than takes
+        INTERLEAVE_RATIO decode steps (measured), so their inter-token time stays within ~(1 + ratio)x."""
+        if not decoding or not decode_step_s or not prefill_token_s:
+            return self.chunk_tokens
+        fits = int(INTERLEAVE_RATIO * decode_step_s / prefill_token_s)
+        return max(min(MIN_INTERLEAVED_CHUNK, self.chunk_tokens), min(self.chunk_tokens, fits))
 
-        `forward(work, input_ids, position_ids, mask)` runs the model over the cache's target.
-        """
+    def step(self, cache: BatchKVCache, forward: Any, size: int | None = None) -> torch.Tensor | None:
+        """Run the next chunk (`size` tokens, default chunk_tokens); the last position's logits [1, vocab] once
+        the prompt is complete, else None. `forward(work, input_ids, position_ids, mask)` runs the model."""
         current = self.current
         assert current is not None
-        size = min(self.chunk_tokens, current.left)
+        size = min(size or self.chunk_tokens, current.left)
         position_ids, mask = cache.target_chunk(current.done, size)
         piece = current.prompt[current.done : current.done + size]
         input_ids = torch.tensor([piece], dtype=torch.long, device=cache.device)

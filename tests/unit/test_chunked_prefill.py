@@ -153,9 +153,7 @@ async def test_randomized_requests_batched_and_chunked_equal_solo_greedy() -> No
     """40 requests, prompts of 10-4000 tokens, random arrivals and budgets, 8 slots, 256-token chunks:
     each output equals that request's greedy generate alone."""
     rng = random.Random(16)
-    cases = [
-        (random_prompt(rng, rng.randint(10, 4000)), rng.randint(1, 16), rng.uniform(0.0, 3.0)) for _ in range(40)
-    ]
+    cases = [(random_prompt(rng, rng.randint(10, 4000)), rng.randint(1, 16), rng.uniform(0.0, 3.0)) for _ in range(40)]
     eng = engine(256, max_running=8)
     try:
 
