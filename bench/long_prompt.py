@@ -3,12 +3,15 @@
     .venv/bin/python bench/long_prompt.py --tokens 8000                  # chunked (512) vs one forward
     .venv/bin/python bench/long_prompt.py --tokens 2048 --rounds 3 --chunk 256
     .venv/bin/python bench/long_prompt.py --tokens 4096 --modes chunked --json out.json
+    .venv/bin/python bench/long_prompt.py --tokens 4096 --with-stream   # + another stream's inter-token gaps
 
 The embedded SmolLM2-135M (fp32 unless --dtype) is loaded in this process and driven through the
 batched engine directly (no HTTP). Modes alternate within each round, so background load hits them
 alike; each run resets the peak (VmHWM, via /proc/self/clear_refs) after the previous run's memory was
 handed back, and reports the rise over the RSS before it. The first generated token of every run is
-printed too: chunked and unchunked must agree.
+printed too: chunked and unchunked must agree. With --with-stream, a short greedy request is decoding
+when the long prompt arrives: its inter-token gaps before (normal) and during the prefill are reported
+(p95 and their ratio; the peak-RSS figure then includes that stream's own small KV).
 """
 
 from __future__ import annotations
@@ -84,6 +87,39 @@ async def one(engine, ids: list[int], max_tokens: int) -> list[int]:  # type: ig
     return out
 
 
+def p95(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))] if ordered else float("nan")
+
+
+async def with_stream(engine, ids: list[int], max_tokens: int, other: list[int]) -> tuple[list[int], dict]:  # type: ignore[no-untyped-def]
+    """The long request while another stream decodes: (its tokens, the other's gap p95 before/during)."""
+    from contextlib import aclosing
+
+    from gateway.engine.types import GenerationRequest, SamplingParams
+
+    stamps: list[float] = []
+    request = GenerationRequest(uuid.uuid4().hex, other, SamplingParams(max_new_tokens=100_000, temperature=0.0))
+
+    async def stream() -> None:
+        async with aclosing(engine.generate(request)) as deltas:
+            async for delta in deltas:
+                stamps.extend(time.perf_counter() for _ in delta.token_ids)
+
+    task = asyncio.create_task(stream())
+    while len(stamps) < 40:
+        await asyncio.sleep(0.01)
+    submitted = time.perf_counter()
+    tokens = await one(engine, ids, max_tokens)
+    done = time.perf_counter()
+    await engine.abort(request.request_id)
+    await task
+    gaps = [(b - a, b) for a, b in zip(stamps, stamps[1:], strict=False)]
+    normal = [g for g, t in gaps if t < submitted][5:]  # after the stream's own first steps
+    during = [g for g, t in gaps if submitted < t <= done]
+    return tokens, {"gap_p95_normal": p95(normal), "gap_p95_during": p95(during), "gaps_during": len(during)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, default=8000)
@@ -92,6 +128,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--max-tokens", type=int, default=1)
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--with-stream", action="store_true", help="another stream decodes meanwhile")
     parser.add_argument("--json", help="write the results here ('-' = stdout, one JSON line at the end)")
     args = parser.parse_args()
 
@@ -120,11 +157,21 @@ def main() -> None:
             before = status("VmRSS")
             reset_peak()
             started = time.perf_counter()
-            tokens = asyncio.run(one(engine, ids, args.max_tokens))
+            gaps: dict = {}
+            if args.with_stream:
+                tokens, gaps = asyncio.run(with_stream(engine, ids, args.max_tokens, ids[:24]))
+            else:
+                tokens = asyncio.run(one(engine, ids, args.max_tokens))
             seconds = time.perf_counter() - started
             rise = status("VmHWM") - before
-            runs.append({"mode": mode, "seconds": seconds, "peak_rise_bytes": rise, "tokens": tokens})
-            print(f"{mode:9s} {seconds:7.1f} s  peak RSS rise {rise / 2**20:7.1f} MiB  tokens {tokens}", flush=True)  # noqa: T201
+            runs.append({"mode": mode, "seconds": seconds, "peak_rise_bytes": rise, "tokens": tokens, **gaps})
+            line = f"{mode:9s} {seconds:7.1f} s  peak RSS rise {rise / 2**20:7.1f} MiB  tokens {tokens}"
+            if gaps:
+                line += (
+                    f"  other stream gap p95 {gaps['gap_p95_normal'] * 1000:.0f} ms normal, "
+                    f"{gaps['gap_p95_during'] * 1000:.0f} ms during ({gaps['gaps_during']} gaps)"
+                )
+            print(line, flush=True)  # noqa: T201
     asyncio.run(engine.close())
     kv = 2 * loaded.model.config.num_hidden_layers * loaded.model.config.num_key_value_heads
     kv *= loaded.model.config.hidden_size // loaded.model.config.num_attention_heads * loaded.dtype.itemsize
