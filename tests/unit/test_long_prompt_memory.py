@@ -24,6 +24,7 @@ HEADROOM = 80 << 20
 
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc peak-RSS reset")
+@pytest.mark.timeout(1200)  # ~30 s idle; a loaded 2-core machine took 9 minutes
 def test_long_prompt_peak_rss_rise_is_its_kv_cache_plus_a_chunk() -> None:
     run = subprocess.run(
         [sys.executable, str(REPO_ROOT / "bench" / "long_prompt.py"), "--tokens", str(TOKENS)]
