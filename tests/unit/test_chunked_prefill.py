@@ -64,17 +64,17 @@ def engine(chunk: int, **kwargs: Any) -> BatchedEngine:
 async def test_chunked_prefill_gives_the_unchunked_tokens_and_logprobs() -> None:
     rng = random.Random(1)
     # longer than the chunk (several chunks, a chunk boundary exactly), and short ones grouped as before
-    prompts = [random_prompt(rng, n) for n in (700, 1500, 40, 257, 256, 90)]
+    prompts = [random_prompt(rng, n) for n in (600, 1100, 40, 257, 256, 90)]
     whole, chunked = engine(0), engine(128)
     try:
         greedy = params(12, logprobs=2)
         seeded = params(12, temperature=0.8, top_p=0.9, seed=77)
         expected = [await collect(whole, p, greedy) for p in prompts]
-        expected_seeded = [await collect(whole, p, seeded) for p in prompts]
+        expected_seeded = [await collect(whole, p, seeded) for p in prompts[:3]]
         got = await asyncio.gather(*[collect(chunked, p, greedy) for p in prompts])
-        got_seeded = await asyncio.gather(*[collect(chunked, p, seeded) for p in prompts])
+        got_seeded = await asyncio.gather(*[collect(chunked, p, seeded) for p in prompts[:3]])
         assert whole.chunking.chunks == 0
-        assert chunked.chunking.chunks >= 2 * (6 + 12 + 3)  # every long prompt took its chunks, twice
+        assert chunked.chunking.chunks >= 5 + 9 + 3 + 5 + 9  # every long prompt took its chunks
         for want, have, prompt in zip(expected, got, prompts, strict=True):
             assert have.token_ids == want.token_ids == solo_greedy(prompt, 12)
             assert [t.top[0][0] for t in have.logprobs] == [t.top[0][0] for t in want.logprobs]
