@@ -114,9 +114,9 @@ async def with_stream(engine, ids: list[int], max_tokens: int, other: list[int])
     done = time.perf_counter()
     await engine.abort(request.request_id)
     await task
-    gaps = [(b - a, b) for a, b in zip(stamps, stamps[1:], strict=False)]
-    normal = [g for g, t in gaps if t < submitted][5:]  # after the stream's own first steps
-    during = [g for g, t in gaps if submitted < t <= done]
+    gaps = [(b - a, a, b) for a, b in zip(stamps, stamps[1:], strict=False)]
+    normal = [g for g, _, end in gaps if end < submitted][5:]  # after the stream's own first steps
+    during = [g for g, start, end in gaps if end > submitted and start < done]  # incl. a stall across it
     return tokens, {"gap_p95_normal": p95(normal), "gap_p95_during": p95(during), "gaps_during": len(during)}
 
 
