@@ -1,9 +1,17 @@
-"""Streaming throughput benchmark: Gantry vs `transformers serve`, same model, dtype, machine and run.
+"""Streaming throughput benchmark: Gantry vs `transformers serve` (and vLLM CPU), same model, dtype, machine and run.
 
     .venv/bin/python bench/run.py                      # fp32: gantry, gantry int8, transformers serve --cb, generate
     .venv/bin/python bench/run.py --dtype bfloat16 --targets gantry tserve-cb generate
     .venv/bin/python bench/run.py --targets gantry tserve   # vs plain transformers serve (serialized: slow)
     .venv/bin/python bench/run.py --targets gantry tserve-cb --levels 8 --rounds 3
+    .venv/bin/python bench/run.py --vllm-venv /work/vllm-venv --targets gantry tserve-cb vllm vllm-bind
+    .venv/bin/python bench/run.py --targets gantry vllm --vllm-venv DIR --workloads long2k long8k mixed
+
+vLLM CPU runs from its own venv (README: "Benchmark"): `vllm` with its default threads (one OpenMP
+thread pinned to core 0), `vllm-bind` with VLLM_CPU_OMP_THREADS_BIND=0-<cores-1>; report the faster.
+Workloads: `chat` (short chat prompts at --levels), `long2k` / `long8k` (~2,000 / ~8,000-token prompts,
+1 stream), `mixed` (8 streams, prompts of 100-4,000 tokens). Every prompt starts with its own request
+number, so no server can answer it from a cache of another's prefix. The CPU's ISA heads every table.
 
 Every target is started as its own server process on a free 127.0.0.1 port (transformers serve gets
 the cached safetensors copy of the embedded SmolLM2-135M GGUF: it cannot load a GGUF from a local
@@ -36,17 +44,7 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-PROMPTS = [
-    "Write a long story about a dragon who learns to paint.",
-    "Write a detailed essay about the history of the Roman Empire.",
-    "Explain in detail how airplanes fly, for a curious child.",
-    "Write a long poem about the sea at night.",
-    "Describe, step by step, how to bake a loaf of bread.",
-    "Write a long story about a robot who wants to become a gardener.",
-    "Explain photosynthesis in detail.",
-    "Describe a walk through a busy market in a big city.",
-]
-
+from bench.workloads import PROMPTS, WORKLOADS, PromptMaker, workload_prompts  # noqa: E402
 
 DEFAULT_CB_ARGS = "--cb-num-blocks 64 --cb-block-size 32 --cb-max-batch-tokens 512"
 
@@ -54,7 +52,7 @@ DEFAULT_CB_ARGS = "--cb-num-blocks 64 --cb-block-size 32 --cb-max-batch-tokens 5
 @dataclass
 class Target:
     name: str
-    kind: str  # gantry | tserve | generate
+    kind: str  # gantry | tserve | vllm | generate
     dtype: str
     args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
@@ -97,8 +95,16 @@ def build_targets(names: list[str], dtype: str, cb_args: list[str]) -> list[Targ
     return [known[name] for name in names]
 
 
+VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "2"}
+
+
 def build_targets_map(dtype: str, cb_args: list[str]) -> dict[str, Target]:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return {
+        "vllm": Target("vLLM CPU", "vllm", dtype, env=dict(VLLM_ENV)),
+        "vllm-bind": Target(
+            "vLLM CPU bind", "vllm", dtype, env={**VLLM_ENV, "VLLM_CPU_OMP_THREADS_BIND": f"0-{cores - 1}"}
+        ),
         "gantry": Target("gantry", "gantry", dtype, ["--dtype", dtype]),
         "gantry-int8": Target("gantry int8", "gantry", "float32", ["--quantization", "int8"]),
         "gantry-simple": Target("gantry simple", "gantry", dtype, ["--dtype", dtype, "--engine", "simple"]),
@@ -110,14 +116,23 @@ def build_targets_map(dtype: str, cb_args: list[str]) -> dict[str, Target]:
     }
 
 
-def start(target: Target, path: Path, log_dir: Path) -> None:
+def start(target: Target, path: Path, log_dir: Path, vllm_venv: Path | None = None, max_len: int = 4096) -> None:
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     env = {k: v for k, v in env.items() if not k.startswith("GANTRY_")} | target.env
     if target.kind == "gantry":
+        env["PYTHONPATH"] = str(REPO)  # this checkout's gateway, not whatever the venv has installed
         cmd = [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level"]
         cmd += ["warning", *target.args]
         target.model_id = "smollm2-135m-instruct"
+    elif target.kind == "vllm":
+        if vllm_venv is None:
+            raise SystemExit("the vllm targets need --vllm-venv DIR")
+        # `vllm serve` fails (the package is named vllm-cpu): the api_server module is started directly
+        cmd = [str(vllm_venv / "bin" / "python"), "-m", "vllm.entrypoints.openai.api_server", "--model", str(path)]
+        cmd += ["--dtype", target.dtype, "--max-model-len", str(max_len), "--enforce-eager"]
+        cmd += ["--host", "127.0.0.1", "--port", str(port)]
+        target.model_id = str(path)
     else:
         cli = str(Path(sys.executable).with_name("transformers"))
         cmd = [cli, "serve", str(path), "--host", "127.0.0.1", "--port", str(port), "--dtype", target.dtype]
@@ -156,7 +171,7 @@ async def stream_once(client: httpx.AsyncClient, target: Target, prompt: str, ma
     started = time.perf_counter()
     first = last = None
     tokens = 0
-    async with client.stream("POST", target.url + "/v1/chat/completions", json=body, timeout=600) as response:
+    async with client.stream("POST", target.url + "/v1/chat/completions", json=body, timeout=3600) as response:
         response.raise_for_status()
         async for line in response.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
@@ -175,14 +190,17 @@ async def stream_once(client: httpx.AsyncClient, target: Target, prompt: str, ma
     return Sample(ttft=first - started, decode_tps=decode, tokens=tokens)
 
 
-async def run_level(target: Target, streams: int, requests: int, max_tokens: int) -> tuple[list[Sample], float]:
+async def run_level(
+    target: Target, streams: int, requests: int, max_tokens: int, prompts: list[list[str]] | None = None
+) -> tuple[list[Sample], float]:
     limits = httpx.Limits(max_connections=streams + 4, max_keepalive_connections=streams + 4)
-    async with httpx.AsyncClient(limits=limits, timeout=600) as client:
+    if prompts is None:
+        prompts = workload_prompts("chat", None, streams, requests, 0)
+    async with httpx.AsyncClient(limits=limits, timeout=3600) as client:
 
         async def worker(index: int) -> list[Sample]:
             out = []
-            for r in range(requests):
-                prompt = PROMPTS[(index + r * streams) % len(PROMPTS)]
+            for prompt in prompts[index]:
                 out.append(await stream_once(client, target, prompt, max_tokens))
             return out
 
@@ -248,76 +266,107 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument(
         "--targets",
         nargs="+",
-        default=["gantry", "gantry-int8", "tserve-cb", "generate"],
+        default=None,
         choices=list(build_targets_map("float32", [])),
+        help="default: gantry gantry-int8 tserve-cb generate, plus vllm vllm-bind with --vllm-venv",
     )
-    parser.add_argument("--levels", nargs="+", type=int, default=[1, 4, 8], help="concurrent streams")
+    parser.add_argument("--levels", nargs="+", type=int, default=[1, 4, 8], help="concurrent streams (chat)")
+    parser.add_argument("--workloads", nargs="+", default=["chat"], choices=list(WORKLOADS))
     parser.add_argument("--requests", type=int, default=2, help="requests per stream, back to back")
     parser.add_argument("--rounds", type=int, default=3, help="turns per target and level (medians reported)")
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--reference", default="tserve-cb", help="target whose aggregate tok/s is the ratio base")
+    parser.add_argument(
+        "--reference",
+        nargs="+",
+        default=["tserve-cb", "vllm", "vllm-bind"],
+        help="targets whose aggregate tok/s are ratio bases (those present)",
+    )
+    parser.add_argument("--vllm-venv", type=Path, help="venv with vllm-cpu installed (README: Benchmark)")
+    parser.add_argument(
+        "--vllm-max-model-len", type=int, default=None, help="default 4096, or 8192 with the long8k workload"
+    )
     parser.add_argument(
         "--cb-args",
         default=DEFAULT_CB_ARGS,
         help="extra flags for transformers serve --continuous-batching (its paged KV cache otherwise sizes "
         "itself from free RAM, and attention over a multi-GB cache made it ~30x slower on CPU)",
     )
+    parser.add_argument("--ready-timeout", type=float, default=300)
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     args = parser.parse_args()
+    if args.targets is None:
+        args.targets = ["gantry", "gantry-int8", "tserve-cb", "generate"]
+        args.targets += ["vllm", "vllm-bind"] if args.vllm_venv else []
+    if args.vllm_max_model_len is None:
+        args.vllm_max_model_len = 8192 if "long8k" in args.workloads else 4096
+    return args
 
+
+def main() -> None:
+    from bench.isa import describe_isa
+
+    args = parse_args()
+    isa = describe_isa()
     path = model_dir()
     targets = build_targets(args.targets, args.dtype, args.cb_args.split())
     servers = [t for t in targets if t.kind != "generate"]
     log_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"gantry-bench-{os.getpid()}"
     log_dir.mkdir(parents=True, exist_ok=True)
     say(
-        f"model: {path}\ndtype: {args.dtype}  levels: {args.levels}  requests/stream: {args.requests}  "
-        f"rounds: {args.rounds}  max_tokens: {args.max_tokens}  logs: {log_dir}"
+        f"CPU: {isa}\nmodel: {path}\ndtype: {args.dtype}  levels: {args.levels}  workloads: {args.workloads}  "
+        f"requests/stream: {args.requests}  rounds: {args.rounds}  max_tokens: {args.max_tokens}  logs: {log_dir}"
     )
     stop = threading.Event()
     watcher = threading.Thread(target=watch_rss, args=(servers, stop), daemon=True)
-    results: dict[tuple[str, int], dict] = {}
+    results: dict[tuple[str, str, int], dict] = {}
+    maker = PromptMaker(path) if any(w != "chat" for w in args.workloads) else None
     try:
+        started = {}
         for target in servers:
-            start(target, path, log_dir)
+            start(target, path, log_dir, args.vllm_venv, args.vllm_max_model_len)
+            started[target.name] = time.monotonic()
         for target in servers:
-            wait_ready(target)
+            wait_ready(target, args.ready_timeout)
+            say(f"{target.name} ready after {time.monotonic() - started[target.name]:.1f} s (started together)")
             asyncio.run(run_level(target, 1, 1, 8))  # warm-up (lazy loads, first-call costs)
         watcher.start()
         baseline = next((GenerateBaseline(path, args.dtype) for t in targets if t.kind == "generate"), None)
         if baseline is not None:
             baseline.run(PROMPTS[0], 8)
-        for level in args.levels:
-            collected: dict[str, list] = {t.name: [] for t in targets}
-            for _ in range(args.rounds):
+        for workload in args.workloads:
+            fixed = WORKLOADS[workload][1]
+            for level in [fixed] if fixed else args.levels:
+                collected: dict[str, list] = {t.name: [] for t in targets}
+                for round_index in range(args.rounds):
+                    # the same prompts for every target in a round; new ones (new request numbers) each round
+                    prompts = workload_prompts(workload, maker, level, args.requests, seed=round_index)
+                    for target in targets:
+                        if target.kind == "generate":
+                            if workload == "chat" and level == 1 and baseline is not None:
+                                samples = [baseline.run(p, args.max_tokens) for p in prompts[0]]
+                                wall = sum(s.ttft + (s.tokens - 1) / s.decode_tps for s in samples)
+                                collected[target.name].append((samples, sum(s.tokens for s in samples) / wall))
+                            continue
+                        run = run_level(target, level, args.requests, args.max_tokens, prompts)
+                        collected[target.name].append(asyncio.run(run))
                 for target in targets:
-                    if target.kind == "generate":
-                        if level == 1 and baseline is not None:
-                            samples = [
-                                baseline.run(PROMPTS[r % len(PROMPTS)], args.max_tokens) for r in range(args.requests)
-                            ]
-                            wall = sum(s.ttft + (s.tokens - 1) / s.decode_tps for s in samples)
-                            collected[target.name].append((samples, sum(s.tokens for s in samples) / wall))
+                    if not collected[target.name]:
                         continue
-                    collected[target.name].append(asyncio.run(run_level(target, level, args.requests, args.max_tokens)))
-            for target in targets:
-                if not collected[target.name]:
-                    continue
-                samples = [s for round_samples, _ in collected[target.name] for s in round_samples]
-                results[(target.name, level)] = {
-                    "ttft_p50": pct([s.ttft for s in samples], 0.5),
-                    "ttft_p95": pct([s.ttft for s in samples], 0.95),
-                    "stream_tps": statistics.median(s.decode_tps for s in samples),
-                    "aggregate_tps": statistics.median(agg for _, agg in collected[target.name]),
-                    "tokens": statistics.mean(s.tokens for s in samples),
-                }
-            say(f"level {level} done")
+                    samples = [s for round_samples, _ in collected[target.name] for s in round_samples]
+                    results[(workload, target.name, level)] = {
+                        "ttft_p50": pct([s.ttft for s in samples], 0.5),
+                        "ttft_p95": pct([s.ttft for s in samples], 0.95),
+                        "stream_tps": statistics.median(s.decode_tps for s in samples),
+                        "aggregate_tps": statistics.median(agg for _, agg in collected[target.name]),
+                        "tokens": statistics.mean(s.tokens for s in samples),
+                    }
+                say(f"{workload} level {level} done")
     finally:
         stop.set()
         for target in servers:
@@ -329,42 +378,47 @@ def main() -> None:
                     target.process.wait(timeout=20)
                 except subprocess.TimeoutExpired:
                     target.process.kill()
-    report(targets, args, results)
+    for workload in args.workloads:
+        report(targets, args, results, workload, isa)
     if args.json:
-        rows = [{"target": name, "streams": level, **values} for (name, level), values in results.items()]
+        rows = [{"workload": w, "target": name, "streams": level, **v} for (w, name, level), v in results.items()]
         peaks = {t.name: t.peak_rss for t in servers}
-        args.json.write_text(json.dumps({"dtype": args.dtype, "results": rows, "peak_rss": peaks}, indent=2))
+        args.json.write_text(
+            json.dumps({"dtype": args.dtype, "cpu_isa": isa, "results": rows, "peak_rss": peaks}, indent=2)
+        )
 
 
-def report(targets: list[Target], args: argparse.Namespace, results: dict) -> None:
-    reference = next((t.name for t in targets if args.reference in (t.name, t.kind)), None)
-    ref_key = {"tserve-cb": "transformers serve --continuous-batching", "tserve": "transformers serve"}
-    reference = ref_key.get(args.reference, reference)
+def report(targets: list[Target], args: argparse.Namespace, results: dict, workload: str, isa: str) -> None:
+    known = build_targets_map(args.dtype, [])
+    references = [known[key].name for key in args.reference if key in known and key in args.targets]
+    ratio_heads = "".join(f" ×{name} |" for name in references)
     lines = [
-        f"| target ({args.dtype}) | streams | TTFT p50 ms | TTFT p95 ms | per-stream tok/s | aggregate tok/s "
-        f"| ×{args.reference} | tokens/req | peak RSS MiB |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"\nworkload {workload}, CPU {isa}, {args.dtype}",
+        f"| target | streams | TTFT p50 ms | TTFT p95 ms | per-stream tok/s | aggregate tok/s |{ratio_heads}"
+        " tokens/req | peak RSS MiB |",
+        "|---|---:|---:|---:|---:|---:|" + "---:|" * len(references) + "---:|---:|",
     ]
-    for level in args.levels:
-        base = results.get((reference, level), {}).get("aggregate_tps") if reference else None
+    levels = sorted({level for (w, _, level) in results if w == workload})
+    for level in levels:
+        bases = [results.get((workload, name, level), {}).get("aggregate_tps") for name in references]
         for target in targets:
-            values = results.get((target.name, level))
+            values = results.get((workload, target.name, level))
             if values is None:
                 continue
-            ratio = f"{values['aggregate_tps'] / base:.2f}" if base else "–"
+            ratios = "".join(f" {values['aggregate_tps'] / base:.2f} |" if base else " – |" for base in bases)
             rss = f"{target.peak_rss / 2**20:.0f}" if target.peak_rss else "–"
             lines.append(
                 f"| {target.name} | {level} | {values['ttft_p50'] * 1000:.0f} | {values['ttft_p95'] * 1000:.0f} "
-                f"| {values['stream_tps']:.1f} | {values['aggregate_tps']:.1f} | {ratio} "
-                f"| {values['tokens']:.0f} | {rss} |"
+                f"| {values['stream_tps']:.1f} | {values['aggregate_tps']:.1f} |{ratios} "
+                f"{values['tokens']:.0f} | {rss} |"
             )
     say("\n".join(lines))
-    gen = results.get(("in-process generate", 1))
-    ours = results.get(("gantry", 1))
+    gen = results.get((workload, "in-process generate", 1))
+    ours = results.get((workload, "gantry", 1))
     if gen and ours:
         say(
             f"\nsingle-stream decode: gantry {ours['stream_tps']:.1f} tok/s vs in-process generate "
-            f"{gen['stream_tps']:.1f} tok/s = {ours['stream_tps'] / gen['stream_tps']:.3f}×"
+            f"{gen['stream_tps']:.1f} tok/s = {ours['stream_tps'] / gen['stream_tps']:.3f}× (CPU {isa})"
         )
 
 

@@ -93,6 +93,12 @@ class Settings(BaseSettings, AccessSettings):  # AccessSettings: keys, limits, t
     max_queued: int = Field(
         default=64, ge=0, description="Sequences waiting for a slot per model; beyond that → 429 with Retry-After."
     )
+    prefill_chunk_tokens: int = Field(
+        default=512,
+        ge=0,
+        description="Prompt tokens per prefill forward: a longer prompt is prefilled in chunks of this size, with "
+        "decode steps of running requests between them (bounded memory, streams keep going); 0 = off.",
+    )
     quantization: Quantization = Field(
         default="none", description="Weight quantization: none, or int8 (dynamic int8 Linear layers, CPU only)."
     )
@@ -292,6 +298,7 @@ class Settings(BaseSettings, AccessSettings):  # AccessSettings: keys, limits, t
             engine=self.engine,
             max_running=self.max_running,
             max_queued=self.max_queued,
+            prefill_chunk_tokens=self.prefill_chunk_tokens,
             quantization=self.quantization,
             compile=self.compile,
             prepack=self.prepack,

@@ -150,6 +150,12 @@ class ModelSpec(SpecBase):
     max_queued: int = Field(
         default=64, ge=0, description="Sequences waiting for a slot; beyond running + queued → 429 + Retry-After."
     )
+    prefill_chunk_tokens: int = Field(
+        default=512,
+        ge=0,
+        description="Prompt tokens per prefill forward: a longer prompt is prefilled in chunks of this size, with "
+        "decode steps of running requests between them (bounded memory, streams keep going); 0 = off.",
+    )
     quantization: Quantization = Field(
         default="none", description="int8 = dynamic int8 quantization of Linear layers (CPU only; faster, lossy)."
     )

@@ -6,6 +6,8 @@ KV cache (`BatchKVCache`). Each iteration:
 1. drops rows whose request was cancelled (client gone, `abort`), freeing their slots;
 2. admits waiting requests into free slots (≤ max_running) and prefills them together in one
    left-padded forward; their first token is sampled from the prefill logits and sent at once;
+   a prompt longer than `prefill_chunk_tokens` is prefilled alone, one chunk per iteration
+   (gateway/engine/chunked_prefill.py), so the running rows keep decoding between its chunks;
 3. runs one decode step for every active row (one token each), samples every row with its own
    parameters (`sampling.sample`), decodes text incrementally and retires rows that stopped.
 
@@ -36,6 +38,7 @@ import torch
 from gateway.engine.admission import Admission
 from gateway.engine.base import queued_deltas
 from gateway.engine.beam import run_beam_search
+from gateway.engine.chunked_prefill import ChunkScheduler
 from gateway.engine.detok import IncrementalDetokenizer
 from gateway.engine.kvcache import BatchKVCache, attention_mask_dtype, forward_last_logits
 from gateway.engine.logits import prompt_logprobs
@@ -116,6 +119,7 @@ class BatchedEngine:
         max_queued: int = 64,
         max_prefill_tokens: int = 2048,
         pad_token_id: int | None = None,
+        prefill_chunk_tokens: int = 0,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -130,6 +134,7 @@ class BatchedEngine:
         self._mask_dtype = attention_mask_dtype(model)
         self.cache = BatchKVCache(config.num_hidden_layers, self.device)
         self.tuner = ThreadTuner()
+        self.chunking = ChunkScheduler(prefill_chunk_tokens)
         self._active: list[_Seq] = []  # row i of the cache is _active[i]
         self._waiting: deque[_Seq] = deque()
         self._beams: deque[_Seq] = deque()  # beam-search requests, run one at a time between steps
@@ -180,13 +185,17 @@ class BatchedEngine:
     async def close(self) -> None:
         with self._cond:
             self._closed = True
-            for seq in [*self._active, *self._waiting, *self._beams]:
+            for seq in [*self._active, *self._waiting, *self._beams, *self._prefilling()]:
                 seq.cancelled = True
             self._cond.notify()
         for _ in range(1000):  # the step in progress finishes, then the thread exits (no executor thread)
             if not self._thread.is_alive():
                 break
             await asyncio.sleep(0.01)
+
+    def _prefilling(self) -> list[_Seq]:
+        current = self.chunking.current
+        return [] if current is None else [current.seq]
 
     def stats(self) -> dict[str, int]:
         return {
@@ -210,14 +219,20 @@ class BatchedEngine:
     def _loop(self) -> None:
         with torch.inference_mode():
             while True:
-                if not self._waiting and not self._active and not self._beams:
+                if not self._waiting and not self._active and not self._beams and self.chunking.current is None:
                     self.batch_size = 0
                     release_free_memory()  # going idle: return the burst's freed heap to the OS
                     logger.debug("idle after %d steps; thread tuning %s", self.steps, self.tuner.describe())
                 with self._cond:
-                    while not self._closed and not self._waiting and not self._active and not self._beams:
+                    while (
+                        not self._closed
+                        and not self._waiting
+                        and not self._active
+                        and not self._beams
+                        and not self._prefilling()
+                    ):
                         self._cond.wait()
-                    if not self._active:
+                    if not self._active and not self._prefilling():
                         self._coalesce()
                     if self._closed:
                         break
@@ -231,6 +246,9 @@ class BatchedEngine:
                     if admitted:
                         self._prefill(admitted, out)
                         out.flush()  # first tokens go out before the decode step
+                    if self.chunking.current is not None:
+                        self._prefill_chunk(out)
+                        out.flush()
                     if self._active:
                         self._decode(out)
                 except Exception as exc:
@@ -239,10 +257,11 @@ class BatchedEngine:
                     # the cache itself: every row's KV state is then suspect, so the whole batch ends with
                     # the error and the cache starts clean; the thread lives on for the next requests.
                     logger.exception("batched step failed for %s", self.name)
-                    for seq in {*self._active, *admitted}:
+                    for seq in {*self._active, *admitted, *self._prefilling()}:
                         if not seq.failed:
                             out.add(seq, exc)
                     self._active.clear()
+                    self.chunking.current = None
                     self.cache.reset()
                 out.flush()
                 if beam is not None:
@@ -250,9 +269,10 @@ class BatchedEngine:
                     out.flush()
             out = _Outbox()
             with self._cond:
-                for seq in [*self._active, *self._waiting, *self._beams]:
+                for seq in [*self._active, *self._waiting, *self._beams, *self._prefilling()]:
                     out.add(seq, GenerationDelta(token_ids=seq.pending, finish_reason="abort"))
                 self._active.clear()
+                self.chunking.current = None
                 self._waiting.clear()
                 self._beams.clear()
             out.flush()
@@ -313,16 +333,10 @@ class BatchedEngine:
         dropped = [seq for seq in self._waiting if seq.cancelled]
         if dropped:
             self._waiting = deque(seq for seq in self._waiting if not seq.cancelled)
-        taken: list[_Seq] = []
-        tokens = 0
-        while self._waiting and len(self._active) + len(taken) < self.max_running:
-            length = len(self._waiting[0].request.prompt_ids)
-            if taken and tokens + length > self.max_prefill_tokens:
-                break
-            seq = self._waiting.popleft()
+        free = self.max_running - len(self._active)
+        taken = self.chunking.take(self._waiting, free, self.max_prefill_tokens)
+        for seq in taken:
             seq.request.timing.start()  # its queue wait ends here
-            taken.append(seq)
-            tokens += length
         return taken, dropped
 
     def _drop_cancelled(self, out: _Outbox) -> None:
@@ -332,6 +346,11 @@ class BatchedEngine:
                 out.add(seq, GenerationDelta(token_ids=seq.pending, finish_reason="abort"))
                 self.dropped.append((seq.request.request_id, self.steps))
                 self._remove(row)
+        current = self.chunking.current
+        if current is not None and current.seq.cancelled:
+            out.add(current.seq, GenerationDelta(finish_reason="abort"))
+            self.dropped.append((current.seq.request.request_id, self.steps))
+            self.chunking.cancel(self.cache)
 
     def _remove(self, row: int) -> None:
         self.cache.remove_row(row)
@@ -376,6 +395,10 @@ class BatchedEngine:
         started = time.perf_counter()
         lengths = [len(seq.history) for seq in ready]
         self.cache.lookahead = self._lookahead([*self._active, *ready])
+        if len(ready) == 1 and self.chunking.is_long(lengths[0]):  # prefilled a chunk per step from now on
+            self.chunking.start(self.cache, ready[0], ready[0].history)
+            self.prefill_batches.append(1)
+            return
         shared = _shared_prefix([seq.history for seq in ready]) if len(ready) > 1 else 0
         if shared < MIN_SHARED_PREFIX:
             shared = 0
@@ -406,6 +429,21 @@ class BatchedEngine:
         first = len(self._active)
         self._active.extend(ready)
         self._advance(ready, logits, first, out)
+
+    def _prefill_chunk(self, out: _Outbox) -> None:
+        """One chunk of the long prompt in progress; when it was the last, the row joins and gets its first token."""
+        seq = self.chunking.current.seq  # type: ignore[union-attr]
+        self.cache.lookahead = self._lookahead([*self._active, seq])
+        size = self.chunking.size(bool(self._active), self.tuner.cost("decode"), self.tuner.cost("prefill"))
+        logits = self.chunking.step(self.cache, self._chunk_forward, size)
+        if logits is None:
+            return
+        first = len(self._active)
+        self._active.append(seq)
+        self._advance([seq], logits, first, out)
+
+    def _chunk_forward(self, work: int, *args: torch.Tensor) -> torch.Tensor:
+        return self.tuner.run("prefill", work, self._forward, *args)
 
     @staticmethod
     def _lookahead(seqs: list[_Seq]) -> int:

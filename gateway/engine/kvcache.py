@@ -12,6 +12,10 @@ rows grow in powers of two from one, and shrink to the active rows whenever colu
 long generation so holds at most ~1.25x its own KV (it held 4 rows x doubled columns: up to 8x).
 Active rows are kept compact in [0, rows): a finished row is replaced by the last one (one row copy).
 Columns left of every active row's start are reclaimed by shifting the window when the buffer is full.
+
+A long prompt may be prefilled a chunk at a time (gateway/engine/chunked_prefill.py) in one *pending* row,
+right after the active ones: its columns are its own (a row's data never mixes with another's), so decode
+steps of the active rows go on between its chunks; moves, growth and row removals carry it along.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ class BatchKVCache(Cache):
         self.keys: list[torch.Tensor | None] = [None] * num_layers
         self.values: list[torch.Tensor | None] = [None] * num_layers
         self.rows = 0  # active decode rows are [0, rows)
+        self.pending = 0  # 1 while a prompt is prefilled in chunks: row `rows`, not decoded yet
         self.start = 0  # first column any active row uses
         self.end = 0  # the column the next decode step writes
         self.valid = torch.zeros(0, 0, dtype=torch.bool, device=device)
@@ -103,10 +108,10 @@ class BatchKVCache(Cache):
 
     def _resize(self, rows: int, cols: int) -> None:
         """Reallocate to rows x cols (never below the active rows and columns), keeping their data."""
-        rows, cols = max(rows, self.rows, 1), max(cols, self.end)
+        rows, cols = max(rows, self.rows + self.pending, 1), max(cols, self.end)
         if rows == self.row_capacity and cols == self.col_capacity:
             return
-        keep_r, keep_c = self.rows, self.end
+        keep_r, keep_c = self.rows + self.pending, self.end
         for store in (self.keys, self.values):
             for i, old in enumerate(store):
                 if old is None:
@@ -137,7 +142,7 @@ class BatchKVCache(Cache):
         """Move the active window [start, end) by `shift` columns (negative = left) for the active rows."""
         if shift == 0:
             return
-        src0, src1, rows = self.start, self.end, self.rows
+        src0, src1, rows = self.start, self.end, self.rows + self.pending
         dst0 = src0 + shift
         for store in (self.keys, self.values):
             for buf in store:
@@ -163,7 +168,7 @@ class BatchKVCache(Cache):
             self._move_columns(-shift)
             needed_end -= shift
         if needed_end > self.col_capacity:
-            rows = rows if rows is not None else _pow2(self.rows, MIN_ROWS)
+            rows = rows if rows is not None else _pow2(self.rows + self.pending, MIN_ROWS)
             self._resize(rows, self._columns_for(needed_end, self.end))
 
     def _columns_for(self, needed_end: int, end: int) -> int:
@@ -181,7 +186,7 @@ class BatchKVCache(Cache):
         An idle server should not hold the KV memory of its last burst (47 MB for 8 x 128 tokens of
         SmolLM2-135M in fp32); allocating it again costs far less than a prefill.
         """
-        self.rows = self.start = self.end = 0
+        self.rows = self.start = self.end = self.pending = 0
         if self.nbytes() > KEEP_IDLE_BYTES:
             self.keys = [None] * len(self.keys)
             self.values = [None] * len(self.values)
@@ -263,6 +268,49 @@ class BatchKVCache(Cache):
         self.rows += len(lengths)
         self.start = min(self.row_start[: self.rows])
 
+    # ---- chunked prefill: one pending row, filled a chunk per step ------------------------------------
+    def begin_pending(self, length: int) -> None:
+        """Lay out one new row (index `rows`) for a prompt of `length` tokens, prefilled by `target_chunk`.
+
+        All its columns are allocated at once (no growth while it fills); they end at the current `end`.
+        Decode steps of the active rows may run between chunks: the row joins with a hole where they wrote.
+        """
+        self._layout(1, length)
+        row = self.rows
+        self.valid[row] = False
+        self.row_start[row] = self.end - length
+        self.pending = 1
+        self.start = min(self.row_start[: self.rows + 1])
+
+    def target_chunk(self, done: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Target the pending row's prompt positions [done, done + size): (position_ids, mask [1,1,size,done+size])."""
+        row, origin = self.rows, self.row_start[self.rows]
+        self._target = (row, row + 1, origin + done, size, origin)
+        queries = torch.arange(done, done + size, device=self.device)
+        keys = torch.arange(done + size, device=self.device)
+        return queries[None, :], (keys[None, :] <= queries[:, None])[None, None]
+
+    def end_pending(self, length: int) -> None:
+        """The pending row's prompt is complete: it becomes the last active row."""
+        row = self.rows
+        origin = self.row_start[row]
+        self.valid[row, origin : origin + length] = True
+        self.positions[row] = length
+        self.pending = 0
+        self.rows += 1
+        self.start = min(self.row_start[: self.rows])
+
+    def drop_pending(self) -> None:
+        """Forget the pending row (its request was cancelled or failed)."""
+        if not self.pending:
+            return
+        self.valid[self.rows] = False
+        self.pending = 0
+        if self.rows == 0:
+            self.reset()
+        else:
+            self.start = min(self.row_start[: self.rows])
+
     # ---- decode: one column for every active row ---------------------------------------------------------
     def begin_decode(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(input_ids [rows, 1], position_ids [rows, 1], mask [rows, 1, 1, window]) for one decode step."""
@@ -281,21 +329,27 @@ class BatchKVCache(Cache):
         """Drop an active row; the last active row moves into its place (callers mirror the move)."""
         last = self.rows - 1
         if row != last:
-            c0, c1 = self.start, self.end
-            for store in (self.keys, self.values):
-                for buf in store:
-                    if buf is not None:
-                        buf[row, :, c0:c1] = buf[last, :, c0:c1]
-            self.valid[row] = self.valid[last]
-            self.positions[row] = self.positions[last]
-            self.tokens[row] = self.tokens[last]
-            self.row_start[row] = self.row_start[last]
+            self._copy_row(last, row)
         self.valid[last] = False
+        if self.pending:  # the pending row moves down into the freed slot, staying right after the active ones
+            self._copy_row(last + 1, last)
+            self.valid[last + 1] = False
         self.rows = last
-        if self.rows == 0:
+        if self.rows + self.pending == 0:
             self.reset()
         else:
-            self.start = min(self.row_start[: self.rows])
+            self.start = min(self.row_start[: self.rows + self.pending])
+
+    def _copy_row(self, src: int, dst: int) -> None:
+        c0, c1 = self.start, self.end
+        for store in (self.keys, self.values):
+            for buf in store:
+                if buf is not None:
+                    buf[dst, :, c0:c1] = buf[src, :, c0:c1]
+        self.valid[dst] = self.valid[src]
+        self.positions[dst] = self.positions[src]
+        self.tokens[dst] = self.tokens[src]
+        self.row_start[dst] = self.row_start[src]
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for store in (self.keys, self.values) for t in store if t is not None)

@@ -91,6 +91,14 @@ class ThreadTuner:
     def record(self, phase: str, n: int, seconds: float, work: float) -> None:
         self.phases[phase].record(n, seconds, work)
 
+    def cost(self, phase: str) -> float | None:
+        """Recent seconds per unit of work of a phase on its best thread count (None before any measurement)."""
+        state = self.phases.get(phase)
+        if state is None:
+            return None
+        costs = [c for c in (state.cost(n) for n in state.candidates) if c is not None]
+        return min(costs) if costs else None
+
     def restore(self) -> None:
         """Put torch's thread count back as it was (the engine is closing)."""
         if self._current != self._initial:
