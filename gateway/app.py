@@ -20,9 +20,11 @@ from gateway.middleware import (
 )
 from gateway.openapi import install_openapi
 from gateway.registry import ModelFactory, ModelRegistry, RegistryStore
-from gateway.routes import admin, chat, completions, health, models
+from gateway.routes import admin, chat, completions, embeddings, health, models, tokenize
 from gateway.services.chat import ChatService
 from gateway.services.completions import CompletionService
+from gateway.services.embeddings import EmbeddingService
+from gateway.services.tokenize import TokenizeService
 from gateway.services.workers import WorkerPool
 from gateway.settings import Settings
 from gateway.shutdown import Shutdown, ShutdownMiddleware
@@ -90,8 +92,12 @@ def create_app(settings: Settings | None = None, *, factory: ModelFactory | None
     workers = WorkerPool(settings.prepare_threads, settings.prepare_queue)  # shared by both services
     app.state.chat_service = ChatService(registry, settings, workers)
     app.state.completion_service = CompletionService(registry, settings, workers)
+    app.state.embedding_service = EmbeddingService(settings)
+    app.state.tokenize_service = TokenizeService(settings, workers)
     install_error_handlers(app)
     for module in (chat, completions, models, health, admin):
+        app.include_router(module.router)
+    for module in (embeddings, tokenize):
         app.include_router(module.router)
     install_openapi(app)
     install_middleware(app, settings)
