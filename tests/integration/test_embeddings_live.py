@@ -176,13 +176,12 @@ TOOLS = [
         },
     }
 ]
-SCHEMA = {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "object", "properties": {}}}}
 
 
 @pytest.mark.parametrize(
     "extra",
-    [{}, {"tools": TOOLS}, {"response_format": SCHEMA}],
-    ids=["plain", "tools", "json_schema"],
+    [{}, {"tools": TOOLS}],  # response_format's schema hint: tests/unit/test_embeddings_tokenize.py
+    ids=["plain", "tools"],
 )
 def test_tokenize_count_equals_chat_prompt_tokens(server: RunningServer, extra: dict) -> None:
     messages = [
