@@ -113,7 +113,8 @@ def test_langchain_openai_embeddings(server: RunningServer, reference) -> None:
 
 
 def test_token_id_input_equals_text_input(server: RunningServer, client: openai.OpenAI) -> None:
-    tokenized = post(server, "/tokenize", {"model": EMBED, "prompt": DOCS[0], "return_token_strs": True}).json()
+    body = {"model": EMBED, "prompt": DOCS[0], "return_token_strs": True}
+    tokenized = post(server, "/tokenize", body, headers=WAIT).json()  # /tokenize follows x-wait-for-model
     assert tokenized["max_model_len"] == 256 and tokenized["token_strs"][0] == "[CLS]"
     ids = tokenized["tokens"]
     by_text = client.embeddings.create(model=EMBED, input=DOCS[0], encoding_format="float").data[0].embedding
