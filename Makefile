@@ -9,7 +9,7 @@ SERVE_FLAGS = $(if $(filter command line,$(origin HOST)),--host $(HOST)) \
 	$(if $(filter command line,$(origin PORT)),--port $(PORT))
 PYTEST_ARGS ?=
 
-.PHONY: serve test lint install clean-venv
+.PHONY: serve test lint install clean-venv system-tools
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,20 @@ install: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/python -m gateway serve $(SERVE_FLAGS)
 
-test: $(STAMP)
+# Debian packages some tests start or call (redis-server: shared rate limits; ffmpeg: audio decoding;
+# espeak-ng: speech clips). Installed where we can (root with apt-get); the tests that need one skip
+# with a reason where it is missing.
+SYSTEM_TOOLS := redis-server ffmpeg espeak-ng
+
+system-tools:
+	@missing=""; for tool in $(SYSTEM_TOOLS); do command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing$$missing"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq$$missing >/dev/null) \
+	    || echo "could not install$$missing: the tests that need them will skip"; \
+	fi
+
+test: $(STAMP) system-tools
 	$(BIN)/ruff check .
 	@# pytest exits 5 when it collects nothing: say so instead of failing on it.
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS); status=$$?; \

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
+from gateway.access.setup import install_access
 from gateway.errors import install_error_handlers
 from gateway.middleware import (
     BodySizeLimitMiddleware,
@@ -20,10 +21,12 @@ from gateway.middleware import (
 )
 from gateway.openapi import install_openapi
 from gateway.registry import ModelFactory, ModelRegistry, RegistryStore
-from gateway.routes import admin, chat, completions, embeddings, health, models, tokenize
+from gateway.routes import admin, chat, completions, embeddings, health, inference_api, models, tokenize
+from gateway.routes.compat import install_compat_routes
 from gateway.services.chat import ChatService
 from gateway.services.completions import CompletionService
 from gateway.services.embeddings import EmbeddingService
+from gateway.services.inference_api import InferenceAPIService
 from gateway.services.tokenize import TokenizeService
 from gateway.services.workers import WorkerPool
 from gateway.settings import Settings
@@ -92,13 +95,17 @@ def create_app(settings: Settings | None = None, *, factory: ModelFactory | None
     workers = WorkerPool(settings.prepare_threads, settings.prepare_queue)  # shared by both services
     app.state.chat_service = ChatService(registry, settings, workers)
     app.state.completion_service = CompletionService(registry, settings, workers)
+    app.state.inference_api_service = InferenceAPIService(registry)
     app.state.embedding_service = EmbeddingService(settings)
     app.state.tokenize_service = TokenizeService(settings, workers)
     install_error_handlers(app)
-    for module in (chat, completions, models, health, admin):
+    for module in (chat, completions, models, health, admin, inference_api):
         app.include_router(module.router)
     for module in (embeddings, tokenize):
         app.include_router(module.router)
+    app.state.workers = workers
+    if settings.compat_routes:  # POST /generate and POST /, the tutorials' shapes
+        install_compat_routes(app)
     install_openapi(app)
     install_middleware(app, settings)
     return app
@@ -112,6 +119,7 @@ def install_middleware(app: FastAPI, settings: Settings) -> None:
     # While draining, new requests get a 503 envelope (inside CORS and RequestContext: a browser can read
     # it and it carries an x-request-id).
     app.add_middleware(ShutdownMiddleware, shutdown=app.state.shutdown)
+    install_access(app, settings)  # API keys and per-key limits: before any other check, inside CORS
     if settings.cors_origins:
         # No cookies or other credentials: keys travel in headers, which CORS allows without them,
         # and a wildcard origin must never be combined with credentials.

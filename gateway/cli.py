@@ -15,6 +15,7 @@ from typing import Any, get_args, get_origin
 from pydantic import BaseModel
 
 from adapters import AdapterRegistry
+from gateway.access.cli import add_keys_command, run_keys_command
 from gateway.admin_cli import add_models_command, run_models_command
 from gateway.settings import Settings
 
@@ -83,6 +84,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         kwargs["help"] += f" [env GANTRY_{name.upper()}" + (f"; default: {default}]" if default else "]")
         serve.add_argument(_flag(name), **kwargs)
     add_models_command(commands)
+    add_keys_command(commands)
     return parser
 
 
@@ -95,6 +97,8 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.command == "models":
         raise SystemExit(run_models_command(args))
+    if args.command == "keys":
+        raise SystemExit(run_keys_command(args))
     settings = settings_from_args(args)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import uvicorn

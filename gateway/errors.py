@@ -6,7 +6,7 @@
     │   ├── LimitExceededError          400 code=limit_exceeded (a configured bound; retrying cannot help)
     │   ├── UnsupportedParameterError   400 code=unsupported_parameter
     │   └── ModelCapabilityError        400 code=model_capability (the model cannot do what the route asks)
-    ├── AuthenticationError             401 code=invalid_api_key (the /admin key)
+    ├── AuthenticationError             401 code=invalid_api_key (missing, unknown or expired key)
     ├── ModelNotFoundError              404 code=model_not_found
     ├── ModelExistsError                409 code=model_exists (POST /admin/models with a taken id)
     ├── PayloadTooLargeError            413 code=request_too_large (body over max_body_bytes)
@@ -15,9 +15,13 @@
     │   └── ModelLoadingError           503 code=model_loading, Retry-After + error.estimated_time
     ├── OverloadedError                 429 code=overloaded (too many running + queued), Retry-After
     ├── ShuttingDownError               503 code=server_shutting_down, Retry-After (see gateway/shutdown.py)
+    ├── RateLimitError                  429 code=rate_limit_exceeded (an API key's rpm/tpm/concurrency), Retry-After
+    ├── RequestTimeoutError             504 code=request_timeout (past request_timeout_seconds)
     └── EngineError                     500 the engine failed while generating
 
 Envelope: {"error": {"message", "type", "param", "code"}}. Errors are mapped by type, never by text.
+Paths listed in `app.state.detail_error_paths` (the tutorials' routes, gateway/routes/compat.py) answer the
+same errors in FastAPI's own shape instead, `{"detail": message}`, which their clients expect.
 """
 
 from __future__ import annotations
@@ -190,6 +194,33 @@ class EngineError(GatewayError):
         return {"x-should-retry": "false"}
 
 
+class RateLimitError(GatewayError):
+    """The API key used up one of its limits (rpm, tpm, concurrent requests): see gateway/access/limiter.py."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+    default_code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: int, rate_headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.rate_headers = rate_headers or {}
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after), **self.rate_headers}
+
+
+class RequestTimeoutError(GatewayError):
+    """The request ran past request_timeout_seconds; its generation was stopped."""
+
+    status_code = 504
+    error_type = "timeout_error"
+    default_code = "request_timeout"
+
+    def log_level(self) -> int:
+        return logging.WARNING
+
+
 def error_body(message: str, error_type: str, param: str | None = None, code: str | None = None) -> dict:
     return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
 
@@ -198,8 +229,40 @@ def from_adapter_error(exc: AdapterError) -> InvalidRequestError:
     return InvalidRequestError(str(exc), param=exc.param)
 
 
-def error_response(exc: GatewayError) -> JSONResponse:
-    return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=exc.headers())
+# The Hugging Face Inference-API route (POST /models/{id}) answers errors in that API's own shape,
+# `{"error": "…"}` (+ `estimated_time` while loading), which its clients (huggingface_hub) parse.
+INFERENCE_API_PREFIX = "/models/"
+
+
+def is_inference_api_path(path: str) -> bool:
+    return path.startswith(INFERENCE_API_PREFIX)
+
+
+def inference_api_body(exc: GatewayError) -> dict[str, Any]:
+    body: dict[str, Any] = {"error": exc.message}
+    if isinstance(exc, ModelLoadingError):
+        body["estimated_time"] = round(exc.estimated_time, 1)
+    return body
+
+
+def wants_detail(scope: Any) -> bool:
+    """Whether this request's path answers errors as `{"detail": …}` (the tutorials' routes)."""
+    state = getattr(scope.get("app"), "state", None)
+    return scope.get("path") in getattr(state, "detail_error_paths", ())
+
+
+def shaped_body(scope: Any, exc: GatewayError) -> dict[str, Any]:
+    """The error in the shape the request's route documents: the Inference API's `{"error"}` on
+    /models/{id}, FastAPI's `{"detail"}` on the tutorials' routes, else the OpenAI envelope."""
+    if scope is None:
+        return exc.to_dict()
+    if is_inference_api_path(scope.get("path", "")):
+        return inference_api_body(exc)
+    return {"detail": exc.message} if wants_detail(scope) else exc.to_dict()
+
+
+def error_response(exc: GatewayError, scope: Any = None) -> JSONResponse:
+    return JSONResponse(shaped_body(scope, exc), status_code=exc.status_code, headers=exc.headers())
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
@@ -220,26 +283,31 @@ def install_error_handlers(app: FastAPI) -> None:
     """Map every error the app can raise to the OpenAI envelope (validation → 400, not 422)."""
 
     @app.exception_handler(GatewayError)
-    async def _gateway(_: Request, exc: GatewayError) -> JSONResponse:
+    async def _gateway(request: Request, exc: GatewayError) -> JSONResponse:
         level = exc.log_level()
         if level is not None:
             logger.log(level, "request failed: %s", exc.message)
-        return error_response(exc)
+        return error_response(exc, request.scope)
 
     @app.exception_handler(AdapterError)
-    async def _adapter(_: Request, exc: AdapterError) -> JSONResponse:
-        return error_response(from_adapter_error(exc))
+    async def _adapter(request: Request, exc: AdapterError) -> JSONResponse:
+        return error_response(from_adapter_error(exc), request.scope)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         message, param = _validation_message(exc)
-        return JSONResponse(error_body(message, "invalid_request_error", param, None), status_code=400)
+        return error_response(InvalidRequestError(message, param=param), request.scope)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if wants_detail(request.scope):
+            return JSONResponse(
+                {"detail": str(exc.detail)}, status_code=exc.status_code, headers=getattr(exc, "headers", None)
+            )
         error_type = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        inference_api = is_inference_api_path(request.url.path)
         return JSONResponse(
-            error_body(str(exc.detail), error_type, None, None),
+            {"error": str(exc.detail)} if inference_api else error_body(str(exc.detail), error_type, None, None),
             status_code=exc.status_code,
             headers=getattr(exc, "headers", None),
         )

@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.accounting import RequestRecord, close_record, open_record
-from gateway.errors import GatewayError, PayloadTooLargeError, UnsupportedMediaTypeError, error_body
+from gateway.errors import GatewayError, PayloadTooLargeError, UnsupportedMediaTypeError, error_body, shaped_body
 from gateway.logsafe import printable
 
 logger = logging.getLogger(__name__)
@@ -25,9 +25,10 @@ logger = logging.getLogger(__name__)
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
-async def send_error(send: Send, exc: GatewayError) -> None:
-    """Answer with the OpenAI envelope straight from a middleware (the app never sees the request)."""
-    body = json.dumps(exc.to_dict()).encode()
+async def send_error(send: Send, exc: GatewayError, scope: Scope | None = None) -> None:
+    """Answer with an error straight from a middleware (the app never sees the request): with the scope, in
+    the shape its route documents (gateway/errors.py shaped_body), else the OpenAI envelope."""
+    body = json.dumps(shaped_body(scope, exc)).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers().items()]
     await send({"type": "http.response.start", "status": exc.status_code, "headers": headers})
@@ -86,7 +87,7 @@ class RequestContextMiddleware:
                 raise
             # No exception text to the client: the log has it, the request id finds it there.
             error = GatewayError(f"Internal server error (request id {request_id}).")
-            await send_error(send_with_id, error)
+            await send_error(send_with_id, error, scope)
         finally:
             if record.finished_at is None:  # the last byte was never sent: the client went away, or an error
                 record.aborted = True
@@ -118,6 +119,7 @@ class JSONContentTypeMiddleware:
                     UnsupportedMediaTypeError(
                         f"Request bodies must be JSON with 'Content-Type: application/json' ({got})."
                     ),
+                    scope,
                 )
                 return
         await self.app(scope, receive, send)
@@ -151,7 +153,7 @@ class BodySizeLimitMiddleware:
         length = headers.get("content-length")
         if length is not None:
             if length.isdigit() and int(length) > self.max_bytes:
-                await send_error(send, self._too_large(int(length)))
+                await send_error(send, self._too_large(int(length)), scope)
                 return
             await self.app(scope, receive, send)  # the server holds the body to its declared length
             return
@@ -167,7 +169,7 @@ class BodySizeLimitMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                await send_error(send, self._too_large())
+                await send_error(send, self._too_large(), scope)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):

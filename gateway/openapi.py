@@ -16,26 +16,34 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from gateway.schemas.chat import ChatCompletionChunk
+from gateway.schemas.compat import DetailError
 from gateway.schemas.completions import Completion
 from gateway.schemas.errors import ErrorResponse
+from gateway.schemas.inference_api import InferenceAPIError, InferenceRequest
 
 REF = "#/components/schemas/{model}"
 
 ERROR_DESCRIPTIONS = {
     400: "Invalid request: malformed JSON, a field of the wrong type or out of range, an unsupported parameter, "
     "or a prompt longer than the model's context.",
-    401: "The admin key is missing or wrong (`Authorization: Bearer <GANTRY_ADMIN_KEY>`).",
+    401: "The API key (or, for /admin, the admin key) is missing, unknown or expired: send `Authorization: Bearer "
+    "<key>`, `api-key` or `x-api-key` (code `invalid_api_key`).",
     404: "No such model is served here (and every /admin route while no admin key is configured).",
     409: "A model with that id is already registered.",
     413: "The request body is larger than the configured limit.",
     415: "The request body is not declared as JSON (`Content-Type: application/json`).",
-    429: "Every running and queued place for the model is taken; retry after `Retry-After` seconds.",
+    429: "Every running and queued place for the model is taken (code `overloaded`), or the API key used up its "
+    "rpm, tpm or concurrent requests (code `rate_limit_exceeded`, with the `x-ratelimit-*` headers); retry after "
+    "`Retry-After` seconds.",
     500: "Generation failed inside the engine; the same request would fail again.",
+    502: "An upstream server (`kind: upstream`) gave a bad answer on every replica tried.",
+    504: "The request ran past the server's request timeout (its generation was stopped), or an upstream server "
+    "(`kind: upstream`) did not answer within its configured timeout.",
     503: "The model is loading (code `model_loading`, with `estimated_time`; retry after `Retry-After` seconds or "
     "send `x-wait-for-model: true`), failed to load, or the server is shutting down.",
 }
 RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}}
-GENERATION_ERRORS = (400, 404, 413, 415, 429, 500, 503)
+GENERATION_ERRORS = (400, 404, 413, 415, 429, 500, 502, 503, 504)
 ADMIN_ERRORS = (401, 404)
 
 
@@ -43,6 +51,8 @@ ADMIN_ERRORS = (401, 404)
 class Documented:
     errors: tuple[int, ...] = ()
     stream_chunk: type[BaseModel] | None = None  # the model of each SSE `data:` line when `stream: true`
+    error_model: type[BaseModel] = ErrorResponse  # the body of its errors (the Inference API has its own)
+    request_model: type[BaseModel] | None = None  # a body the route parses itself, named in openapi_extra
 
 
 OPERATIONS: dict[tuple[str, str], Documented] = {
@@ -60,6 +70,12 @@ OPERATIONS: dict[tuple[str, str], Documented] = {
     ("post", "/v1/embeddings"): Documented((400, 404, 413, 415, 429, 500, 503)),
     ("post", "/tokenize"): Documented((400, 404, 413, 415, 429, 503)),
     ("post", "/detokenize"): Documented((400, 404, 413, 415, 429, 503)),
+    ("post", "/models/{model_id}"): Documented(
+        (400, 404, 413, 415, 500, 503), error_model=InferenceAPIError, request_model=InferenceRequest
+    ),
+    # the tutorials' routes (gateway/routes/compat.py): errors as {"detail": …}
+    ("post", "/generate"): Documented(GENERATION_ERRORS, error_model=DetailError),
+    ("post", "/"): Documented(GENERATION_ERRORS, error_model=DetailError),
 }
 
 
@@ -75,14 +91,17 @@ def install_openapi(app: FastAPI) -> None:
 
 def document(schema: dict[str, Any]) -> dict[str, Any]:
     components = schema.setdefault("components", {}).setdefault("schemas", {})
-    _add_models(components, ErrorResponse, *(d.stream_chunk for d in OPERATIONS.values() if d.stream_chunk))
+    extra = [m for d in OPERATIONS.values() for m in (d.stream_chunk, d.request_model, d.error_model) if m]
+    _add_models(components, ErrorResponse, *extra)
     for path, operations in schema.get("paths", {}).items():
         for method, operation in operations.items():
             documented = OPERATIONS.get((method, path), Documented())
             responses = operation.setdefault("responses", {})
             responses.pop("422", None)
-            for status in documented.errors:
-                responses[str(status)] = _error_response(status)
+            # with API keys configured every route but the health probes needs a key and counts against its limits
+            keyed = () if path.startswith("/health") else (401, 429)
+            for status in sorted({*documented.errors, *keyed}):
+                responses[str(status)] = _error_response(status, documented.error_model)
             if documented.stream_chunk is not None:
                 responses["200"]["content"]["text/event-stream"] = _event_stream(documented.stream_chunk)
     for unused in ("HTTPValidationError", "ValidationError"):
@@ -90,10 +109,10 @@ def document(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
-def _error_response(status: int) -> dict[str, Any]:
+def _error_response(status: int, model: type[BaseModel] = ErrorResponse) -> dict[str, Any]:
     response: dict[str, Any] = {
         "description": ERROR_DESCRIPTIONS[status],
-        "content": {"application/json": {"schema": {"$ref": REF.format(model="ErrorResponse")}}},
+        "content": {"application/json": {"schema": {"$ref": REF.format(model=model.__name__)}}},
     }
     if status in (429, 503):
         response["headers"] = RETRY_AFTER

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from gateway.access.settings import AccessSettings
 from gateway.embedding_default import DEFAULT_EMBEDDING_SOURCE, default_embedding_spec
 from gateway.specs import (  # re-exported: the spec types and constants lived here first
     EMBEDDED_DEFAULT_MAX_TOKENS,
@@ -54,7 +55,7 @@ def _json_object(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
-class Settings(BaseSettings):
+class Settings(BaseSettings, AccessSettings):  # AccessSettings: keys, limits, timeout
     """Gantry server settings. Every field is also a `gantry serve` flag and a GANTRY_* variable."""
 
     model_config = SettingsConfigDict(env_prefix="GANTRY_", env_file=".env", extra="ignore")
@@ -204,6 +205,11 @@ class Settings(BaseSettings):
         default=None,
         description="Bearer token for the /admin API (load, unload, add, remove models); unset = /admin is off.",
     )
+    compat_routes: bool = Field(
+        default=True,
+        description="Serve the tutorials' APIs: POST /generate (distilgpt2 tutorial) and POST / (self-hosted LLM "
+        "tutorials, with history); false removes both.",
+    )
     state_file: Path | None = Field(
         default=None,
         description="JSON file keeping models added or removed through /admin across restarts; default "
@@ -227,6 +233,12 @@ class Settings(BaseSettings):
             text = value.strip()
             return json.loads(text) if text.startswith("[") else [o.strip() for o in text.split(",") if o.strip()]
         return value
+
+    @field_validator("models_file", "chat_template", "state_file", mode="before")
+    @classmethod
+    def _empty_path_is_unset(cls, value: Any) -> Any:
+        # `GANTRY_MODELS_FILE=` (an empty variable, as compose passes `${GANTRY_MODELS_FILE:-}`) means unset
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("cache_dir", "models_file", "chat_template", "state_file", mode="after")
     @classmethod

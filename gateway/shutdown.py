@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.errors import ShuttingDownError
+from gateway.errors import RequestTimeoutError, ShuttingDownError, shaped_body
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -100,15 +100,24 @@ class Shutdown:
         finally:
             self._abort_events.discard(event)
 
-    async def guard(self, work: Awaitable[T], *, also_stop: Callable[[], Awaitable[Any]] | None = None) -> T:
+    async def guard(
+        self,
+        work: Awaitable[T],
+        *,
+        also_stop: Callable[[], Awaitable[Any]] | None = None,
+        deadline: float | None = None,
+    ) -> T:
         """Run `work`; if the server aborts it, cancel it and raise ShuttingDownError. `also_stop` is a second
         reason to stop (a client disconnect): when it returns first, the work is cancelled and CancelledError
-        raised."""
+        raised. `deadline` (time.monotonic()): past it the work is cancelled and RequestTimeoutError raised."""
         task = asyncio.ensure_future(work)
         with self._abort_signal() as aborted:
             stoppers = {asyncio.ensure_future(aborted.wait())}
             if also_stop is not None:
                 stoppers.add(asyncio.ensure_future(also_stop()))
+            timer = None if deadline is None else asyncio.ensure_future(asyncio.sleep(deadline - time.monotonic()))
+            if timer is not None:
+                stoppers.add(timer)
             try:
                 done, _ = await asyncio.wait({task, *stoppers}, return_when=asyncio.FIRST_COMPLETED)
                 if task in done:
@@ -117,6 +126,8 @@ class Shutdown:
                 await asyncio.gather(task, return_exceptions=True)
                 if aborted.is_set():
                     raise ShuttingDownError()
+                if timer is not None and timer in done:
+                    raise _timed_out()
                 raise asyncio.CancelledError("client disconnected")
             finally:
                 for stopper in stoppers:
@@ -124,18 +135,22 @@ class Shutdown:
                 if not task.done():
                     task.cancel()
 
-    async def guard_stream(self, chunks: AsyncIterator[T]) -> AsyncIterator[T]:
+    async def guard_stream(self, chunks: AsyncIterator[T], *, deadline: float | None = None) -> AsyncIterator[T]:
         """Pass `chunks` through; if the server aborts, close them (stopping the generation) and raise
-        ShuttingDownError, which the SSE layer sends as an error event before [DONE]."""
+        ShuttingDownError, which the SSE layer sends as an error event before [DONE]. Past `deadline`
+        (time.monotonic()) the same, with RequestTimeoutError."""
         with self._abort_signal() as aborted:
             stopper = asyncio.ensure_future(aborted.wait())
             step: asyncio.Future | None = None
             try:
                 while True:
                     step = asyncio.ensure_future(anext(chunks))
-                    await asyncio.wait({step, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                    await asyncio.wait({step, stopper}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
                     if not step.done():
-                        raise ShuttingDownError()  # the finally below stops the generation
+                        if aborted.is_set():
+                            raise ShuttingDownError()  # the finally below stops the generation
+                        raise _timed_out()
                     try:
                         item = step.result()
                     except StopAsyncIteration:
@@ -153,6 +168,10 @@ class Shutdown:
                     await aclose()
 
 
+def _timed_out() -> RequestTimeoutError:
+    return RequestTimeoutError("The request took longer than the server's request timeout; generation was stopped.")
+
+
 class ShutdownMiddleware:
     """Counts the requests in flight and, once draining, answers new ones with the 503 envelope."""
 
@@ -165,15 +184,15 @@ class ShutdownMiddleware:
             await self.app(scope, receive, send)
             return
         if self.shutdown.draining:
-            await _refuse(send)
+            await _refuse(send, scope)
             return
         with self.shutdown.tracking():
             await self.app(scope, receive, send)
 
 
-async def _refuse(send: Send) -> None:
+async def _refuse(send: Send, scope: Scope) -> None:
     error = ShuttingDownError()
-    body = json.dumps(error.to_dict()).encode()
+    body = json.dumps(shaped_body(scope, error)).encode()  # in the shape the route documents
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in error.headers().items()]
     headers.append((b"connection", b"close"))  # this server is going away: do not keep the connection

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, SecretStr, Tag, TypeAdapter, field_validator
 
 EMBEDDED_MODEL = "embedded"
 EMBEDDED_MODEL_NAME = "smollm2-135m-instruct"
@@ -89,6 +89,12 @@ class SpecBase(BaseModel):
         default=None,
         description="Unload after this long without requests: seconds or a duration (`30s`, `5m`, `1h`); "
         "-1 = never; 0 = as soon as it is idle. Default: the server's keep_alive.",
+    )
+
+    visibility: Literal["public", "protected", "private"] = Field(
+        default="protected",
+        description="Who may use the model when API keys are configured: public (anyone, no key needed), "
+        "protected (any valid key) or private (only keys that list it); others get 404 as for an unknown id.",
     )
 
     _keep_alive_duration = field_validator("keep_alive", mode="before")(parse_duration)
@@ -189,14 +195,138 @@ class EmbeddingSpec(SpecBase):
         default=64, ge=0, description="Requests waiting for the model's thread; beyond → 429 + Retry-After."
     )
 
+
+# Tasks a `kind: pipeline` entry may name (aliases and `translation_xx_to_yy` included); see gateway/pipelines.
+PIPELINE_TASKS = (
+    "text-classification",
+    "sentiment-analysis",
+    "token-classification",
+    "ner",
+    "question-answering",
+    "zero-shot-classification",
+    "fill-mask",
+    "translation",
+    "summarization",
+    "text2text-generation",
+    "feature-extraction",
+    "automatic-speech-recognition",
+)
+_TRANSLATION_TASK = re.compile(
+    r"^translation_[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]+)?_to_[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]+)?$"
+)
+
+
+class PipelineSpec(SpecBase):
+    """A Hugging Face task pipeline in this process (`kind: pipeline`), served on POST /models/{id} (the
+    Inference API's shape) and, for automatic-speech-recognition, on /v1/audio/*."""
+
+    kind: Literal["pipeline"] = Field(description="pipeline = a transformers task pipeline in this process.")
+    task: str = Field(
+        description="The pipeline task: " + ", ".join(PIPELINE_TASKS) + ", or translation_xx_to_yy (e.g. "
+        "translation_en_to_fr)."
+    )
+    source: str = Field(description="A local model directory or a Hugging Face model id.")
+    revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit).")
+    device: str = Field(default="auto", description="auto (cuda → mps → cpu), cpu, cuda, cuda:1, mps.")
+    dtype: Dtype = Field(default="auto", description="Weights dtype; auto = float16 on GPU, float32 on CPU.")
+    batch_size: int = Field(
+        default=8,
+        ge=1,
+        description="Inputs run through the model together (a list input, and requests that "
+        "arrive within batch_wait_ms of each other).",
+    )
+    batch_wait_ms: float = Field(
+        default=5.0, ge=0, le=1000, description="How long a request waits for others to share its batch."
+    )
+    max_concurrency: int = Field(
+        default=1, ge=1, description="Pipeline calls (batches) running at once for this model; others queue."
+    )
+    parameters: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Default call parameters (e.g. top_k, candidate_labels, max_new_tokens, chunk_length_s); "
+        "a request's `parameters` override them.",
+    )
+    trust_remote_code: bool = Field(default=False, description="Allow the model repo's own Python code.")
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, task: str) -> str:
+        if task in PIPELINE_TASKS or _TRANSLATION_TASK.match(task):
+            return task
+        raise ValueError(
+            f"unsupported pipeline task {task!r}; use one of {', '.join(PIPELINE_TASKS)} or translation_xx_to_yy"
+        )
+
     def public_root(self) -> str | None:
         return None if is_local_path(self.source) else self.source
 
 
+class UpstreamReplica(BaseModel):
+    """One server of an upstream entry (vLLM, SGLang, TGI, llama.cpp, Ollama, another Gantry, ...)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(
+        description="The replica's OpenAI base URL, e.g. `http://10.0.0.5:8000/v1` (a URL without a path gets `/v1`)."
+    )
+    model: str | None = Field(
+        default=None, description="The upstream's own id for the model; default: the entry's name."
+    )
+    api_key: SecretStr | None = Field(default=None, description="Bearer key the replica expects (never shown).")
+    api_key_env: str | None = Field(default=None, description="Environment variable holding that key instead.")
+    weight: float = Field(default=1.0, gt=0, description="Share of the traffic relative to the other replicas.")
+
+
+class UpstreamTimeouts(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    connect: float = Field(default=5.0, gt=0, description="Seconds to open a connection to a replica.")
+    first_token: float = Field(
+        default=60.0, gt=0, description="Seconds until a replica's answer starts (a stream's first event)."
+    )
+    total: float = Field(default=600.0, gt=0, description="Seconds for a whole answer (a stream's last event).")
+
+    _durations = field_validator("connect", "first_token", "total", mode="before")(parse_duration)
+
+
+class UpstreamSpec(SpecBase):
+    """Requests forwarded to other OpenAI-compatible servers (`kind: upstream`); see gateway/upstream/."""
+
+    kind: Literal["upstream"] = Field(description="upstream = forwarded to other OpenAI-compatible servers.")
+    # Loading one only probes its replicas: ready at start, and never unloaded for being idle.
+    preload: bool | None = Field(default=True, description="Probe the replicas at server start (default: true).")
+    keep_alive: float | None = Field(default=-1.0, description="Idle time before unloading; default -1 (never).")
+    replicas: list[UpstreamReplica] = Field(min_length=1, description="Servers that serve the model (balanced).")
+    timeouts: UpstreamTimeouts = Field(default_factory=UpstreamTimeouts, description="Connect/first-token/total.")
+    health_path: str = Field(
+        default="/models", description="Health check: GET this path under each replica's base URL (2xx = up)."
+    )
+    health_interval: float = Field(default=10.0, gt=0, description="Seconds between active health checks.")
+    eject_after: int = Field(
+        default=3, ge=1, description="Consecutive connect errors/timeouts/5xx that take a replica out of rotation."
+    )
+    cooldown: float = Field(default=30.0, gt=0, description="Seconds an ejected replica stays out before a probe.")
+    fallback: str | None = Field(
+        default=None, description="Model id that answers when no replica can (a local model, say)."
+    )
+    owned_by: str = Field(default="upstream", description="`owned_by` shown in /v1/models.")
+    stream_usage: bool = Field(
+        default=True,
+        description="Ask replicas for a stream's usage chunk (to count tokens); dropped again if the client did not "
+        "ask for it. Turn off for servers that refuse `stream_options`.",
+    )
+
+    _upstream_durations = field_validator("health_interval", "cooldown", mode="before")(parse_duration)
+
+
 # One spec class per kind, keyed by its `kind` value; an entry without `kind` is `local`. A new kind adds
 # its class here (and its ModelKind in gateway/registry/kinds.py).
-SPEC_TYPES: dict[str, type[SpecBase]] = {"local": ModelSpec}
-SPEC_TYPES["embedding"] = EmbeddingSpec
+SPEC_TYPES: dict[str, type[SpecBase]] = {
+    "local": ModelSpec,
+    "upstream": UpstreamSpec,
+    "pipeline": PipelineSpec,
+    "embedding": EmbeddingSpec,
+}
 
 
 def spec_kind(value: Any) -> str:

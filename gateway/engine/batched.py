@@ -9,7 +9,11 @@ KV cache (`BatchKVCache`). Each iteration:
 3. runs one decode step for every active row (one token each), samples every row with its own
    parameters (`sampling.sample`), decodes text incrementally and retires rows that stopped.
 
-Requests join and leave between steps. Deltas go to each request's asyncio queue through one
+Requests join and leave between steps. A beam-search request (num_beams > 1) runs whole between two
+steps, in this same thread, through transformers' `generate` (gateway/engine/beam.py): it is the one
+thread that touches the model, so no lock is needed and no forward pass ever overlaps another; the
+batch's rows wait meanwhile (one beam search at a time; its length is bounded by its max_new_tokens).
+Deltas go to each request's asyncio queue through one
 `call_soon_threadsafe` per event loop per step. transformers' own continuous batching
 (`init_continuous_batching`) is not used: it takes temperature/top-k/top-p from the first request's
 generation config and has no per-request seeds, penalties, bias, logits processors or logprobs.
@@ -31,6 +35,7 @@ import torch
 
 from gateway.engine.admission import Admission
 from gateway.engine.base import queued_deltas
+from gateway.engine.beam import run_beam_search
 from gateway.engine.detok import IncrementalDetokenizer
 from gateway.engine.kvcache import BatchKVCache, attention_mask_dtype, forward_last_logits
 from gateway.engine.logits import prompt_logprobs
@@ -110,12 +115,14 @@ class BatchedEngine:
         max_running: int = 16,
         max_queued: int = 64,
         max_prefill_tokens: int = 2048,
+        pad_token_id: int | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
         self.max_running = max_running
         self.max_prefill_tokens = max_prefill_tokens
+        self.pad_token_id = pad_token_id  # for beam search's finished beams
         self.admission = Admission(max_running=max_running, max_queued=max_queued, name=name)
         self.device = next(model.parameters()).device
         self.vocab_size = output_vocab_size(model)
@@ -125,6 +132,7 @@ class BatchedEngine:
         self.tuner = ThreadTuner()
         self._active: list[_Seq] = []  # row i of the cache is _active[i]
         self._waiting: deque[_Seq] = deque()
+        self._beams: deque[_Seq] = deque()  # beam-search requests, run one at a time between steps
         self._seqs: dict[str, _Seq] = {}
         self._cond = threading.Condition()
         self._closed = False
@@ -150,7 +158,7 @@ class BatchedEngine:
         seq = _Seq(request=request, loop=asyncio.get_running_loop())
         self._seqs[request.request_id] = seq
         with self._cond:
-            self._waiting.append(seq)
+            (self._beams if request.params.num_beams > 1 else self._waiting).append(seq)
             self._cond.notify()
         try:
             async with aclosing(queued_deltas(seq.queue)) as deltas:
@@ -171,7 +179,7 @@ class BatchedEngine:
     async def close(self) -> None:
         with self._cond:
             self._closed = True
-            for seq in [*self._active, *self._waiting]:
+            for seq in [*self._active, *self._waiting, *self._beams]:
                 seq.cancelled = True
             self._cond.notify()
         for _ in range(1000):  # the step in progress finishes, then the thread exits (no executor thread)
@@ -180,23 +188,28 @@ class BatchedEngine:
             await asyncio.sleep(0.01)
 
     def stats(self) -> dict[str, int]:
-        return {"running": len(self._active), "waiting": len(self._waiting), "in_flight": self.admission.in_flight}
+        return {
+            "running": len(self._active),
+            "waiting": len(self._waiting) + len(self._beams),
+            "in_flight": self.admission.in_flight,
+        }
 
     # ---- engine thread ----------------------------------------------------------------------------------
     def _loop(self) -> None:
         with torch.inference_mode():
             while True:
-                if not self._waiting and not self._active:
+                if not self._waiting and not self._active and not self._beams:
                     release_free_memory()  # going idle: return the burst's freed heap to the OS
                     logger.debug("idle after %d steps; thread tuning %s", self.steps, self.tuner.describe())
                 with self._cond:
-                    while not self._closed and not self._waiting and not self._active:
+                    while not self._closed and not self._waiting and not self._active and not self._beams:
                         self._cond.wait()
                     if not self._active:
                         self._coalesce()
                     if self._closed:
                         break
                     admitted, dropped = self._take_waiting()
+                    beam = self._beams.popleft() if self._beams else None
                 out = _Outbox()
                 for seq in dropped:
                     out.add(seq, GenerationDelta(finish_reason="abort"))
@@ -219,15 +232,49 @@ class BatchedEngine:
                     self._active.clear()
                     self.cache.reset()
                 out.flush()
+                if beam is not None:
+                    self._run_beam(beam, out)
+                    out.flush()
             out = _Outbox()
             with self._cond:
-                for seq in [*self._active, *self._waiting]:
+                for seq in [*self._active, *self._waiting, *self._beams]:
                     out.add(seq, GenerationDelta(token_ids=seq.pending, finish_reason="abort"))
                 self._active.clear()
                 self._waiting.clear()
+                self._beams.clear()
             out.flush()
             self.cache.reset()
             self.tuner.restore()
+
+    def _run_beam(self, seq: _Seq, out: _Outbox) -> None:
+        """One beam-search request, whole (see the module docstring); its errors are its own."""
+        if seq.cancelled:
+            out.add(seq, GenerationDelta(finish_reason="abort"))
+            return
+        # Thread count chosen per beam step by measured speed, like prefill and decode (gateway/engine/threads.py):
+        # on a busy CPU the wrong one makes each step ~10x slower.
+        threads = self.tuner.choose("beam", 1)
+        started = time.perf_counter()
+
+        def on_step() -> None:
+            nonlocal threads, started
+            now = time.perf_counter()
+            self.tuner.record("beam", threads, now - started, 1)
+            threads, started = self.tuner.choose("beam", 1), time.perf_counter()
+
+        try:
+            delta = run_beam_search(
+                self.model,
+                self.tokenizer,
+                seq.request,
+                pad_token_id=self.pad_token_id,
+                cancelled=lambda: seq.cancelled or self._closed,
+                on_step=on_step,
+            )
+        except Exception as exc:
+            self._fail_row(seq, exc, out)
+            return
+        out.add(seq, delta)
 
     def _coalesce(self) -> None:
         """Idle engine, first request in: wait a moment for the rest of a burst (under the lock).

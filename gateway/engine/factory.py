@@ -48,7 +48,12 @@ def build_engine(spec: ModelSpec, model: Any, tokenizer: Any, *, pad_token_id: i
         reason = batched_support(model)
         if reason is None:
             engine = BatchedEngine(
-                model, tokenizer, name=spec.name, max_running=spec.max_running, max_queued=spec.max_queued
+                model,
+                tokenizer,
+                name=spec.name,
+                max_running=spec.max_running,
+                max_queued=spec.max_queued,
+                pad_token_id=pad_token_id,
             )
             return engine, "batched"
         if spec.engine == "batched":

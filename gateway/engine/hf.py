@@ -21,6 +21,7 @@ import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from gateway.engine.base import queued_deltas
+from gateway.engine.beam import run_beam_search
 from gateway.engine.logits import build_processors, prompt_logprobs
 from gateway.engine.speed import output_vocab_size
 from gateway.engine.types import GenerationDelta, GenerationRequest, TokenLogprob
@@ -155,6 +156,13 @@ class HFEngine:
             job.emit(GenerationDelta(prompt_logprobs=self._prompt_logprobs(input_ids, params.prompt_logprobs)))
         if params.max_new_tokens == 0:
             job.emit(GenerationDelta(finish_reason="length"))
+            return
+        if params.num_beams > 1:  # this worker is the model's only user: the search runs here, unstreamed
+            job.emit(
+                run_beam_search(
+                    self.model, self.tokenizer, request, pad_token_id=self.pad_token_id, cancelled=job.cancel.is_set
+                )
+            )
             return
         stop_ids = params.stop_token_ids
         processors = build_processors(

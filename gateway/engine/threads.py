@@ -72,15 +72,24 @@ class ThreadTuner:
         self._initial = self._current = torch.get_num_threads()
 
     def run(self, phase: str, work: float, fn, *args):  # type: ignore[no-untyped-def]
+        n = self.choose(phase, work)
+        started = time.perf_counter()
+        result = fn(*args)
+        self.record(phase, n, time.perf_counter() - started, work)
+        return result
+
+    def choose(self, phase: str, work: float) -> int:
+        """Set the thread count for a call of this phase; `record` its time afterwards (what `run` does, for
+        steps taken inside a library loop, e.g. transformers' beam search)."""
         state = self.phases.setdefault(phase, _Phase(self.candidates))
         n = state.pick(explore=work <= EXPLORE_MAX_WORK) if len(self.candidates) > 1 else self.candidates[0]
         if n != self._current:
             torch.set_num_threads(n)
             self._current = n
-        started = time.perf_counter()
-        result = fn(*args)
-        state.record(n, time.perf_counter() - started, work)
-        return result
+        return n
+
+    def record(self, phase: str, n: int, seconds: float, work: float) -> None:
+        self.phases[phase].record(n, seconds, work)
 
     def restore(self) -> None:
         """Put torch's thread count back as it was (the engine is closing)."""

@@ -31,6 +31,12 @@ class SamplingParams:
     # per sequence. Engines call each instance with this sequence's (1, len) ids and (1, vocab) scores,
     # after penalties and bias, before temperature/top-k/top-p.
     logits_processors: tuple[Callable[[], Any], ...] = ()
+    # Beam search (num_beams > 1): the engine runs transformers' own `generate` for it (gateway/engine/beam.py);
+    # the result comes as one delta at the end (beams cannot stream: the best one is known only then).
+    num_beams: int = 1
+    no_repeat_ngram_size: int = 0
+    early_stopping: bool = False
+    length_penalty: float = 1.0
 
     @property
     def greedy(self) -> bool:

@@ -13,8 +13,10 @@ import logging
 import time
 from typing import Any
 
+from gateway.access.principal import current_principal
 from gateway.accounting import current_record
 from gateway.errors import (
+    AuthenticationError,
     ModelCapabilityError,
     ModelExistsError,
     ModelLoadingError,
@@ -76,27 +78,49 @@ class ModelRegistry:
         return list(self._entries)
 
     def find(self, model_id: str | None) -> ModelEntry:
-        if model_id is None or model_id == "":
-            return self.default
-        entry = self._by_id.get(model_id)
-        if entry is None:
+        """The entry for an id, if the current caller may use it (gateway/access/principal.py): a model it
+        may not use answers exactly like an unknown id, so its existence does not leak."""
+        entry = self.default if model_id is None or model_id == "" else self._by_id.get(model_id)
+        if entry is None or not self.visible(entry):
+            if (principal := current_principal()) is not None and principal.anonymous:
+                raise AuthenticationError(
+                    "This model needs an API key: send `Authorization: Bearer <key>` (or an `api-key` header)."
+                )
             # Echo only the client's own id (cut short), never the list of ids: GET /v1/models is the
             # place to see what this caller may use.
+            model_id = model_id or "(default)"
             shown = model_id if len(model_id) <= 200 else model_id[:200] + "…"
             raise ModelNotFoundError(
                 f"The model `{shown}` does not exist. GET /v1/models lists the available models.", param="model"
             )
         return entry
 
+    def visible(self, entry: ModelEntry) -> bool:
+        """Whether the current request's caller may use the entry (no caller: an open server, or no request)."""
+        principal = current_principal()
+        return principal is None or principal.may_use(entry.spec.ids(), entry.spec.visibility)
+
+    def visible_entries(self) -> list[ModelEntry]:
+        return [entry for entry in self._entries if self.visible(entry)]
+
+    def has_public(self) -> bool:
+        return any(entry.spec.visibility == "public" for entry in self._entries)
+
+    def is_public(self, model_id: str) -> bool:
+        entry = self._by_id.get(model_id)
+        return entry is not None and entry.spec.visibility == "public"
+
     def capabilities(self, entry: ModelEntry) -> frozenset[str]:
-        return self.lifecycle.kind(entry).capabilities
+        kind = self.lifecycle.kind(entry)
+        narrowed = getattr(kind, "spec_capabilities", None)  # per entry, where the kind has it
+        return narrowed(entry.spec) if narrowed is not None else kind.capabilities
 
     def describe(self, entry: ModelEntry) -> dict[str, Any]:
         """Lifecycle view of an entry (GET /v1/models/{id} details, /admin/models)."""
         kind = self.lifecycle.kind(entry)
         handle = entry.served
         status = entry.status(
-            capabilities=kind.capabilities, context_length=kind.context_length(handle) if handle else None
+            capabilities=self.capabilities(entry), context_length=kind.context_length(handle) if handle else None
         )
         if status["memory_bytes"] is None:
             status["memory_bytes"] = entry.size_bytes

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from gateway.models import ServedModel
 from gateway.specs import EMBEDDED_MODEL, ModelSpec, SpecBase
+from gateway.upstream.kind import UpstreamKind
 
 logger = logging.getLogger(__name__)
 
@@ -44,9 +45,15 @@ class ModelKind(Protocol):
 
     def context_length(self, handle: Any) -> int | None: ...
 
+    # Optional: `spec_capabilities(spec) -> frozenset[str]`, what one entry can serve when that is narrower
+    # than the kind's `capabilities` (a pipeline serves its own task only).
+
     def size_bytes(self, spec: SpecBase) -> int | None:
         """Bytes of the weights on disk before the first load (for load-time and memory estimates)."""
         ...
+
+    # Optional: `async def start(self, handle)`, run on the event loop once the handle is loaded (before
+    # requests get it) — background tasks such as an upstream's health checks start there.
 
 
 class LocalKind:
@@ -105,6 +112,12 @@ def free_memory() -> None:
 
 
 def default_kinds(factory: ModelFactory) -> dict[str, ModelKind]:
+    from gateway.pipelines.kind import PipelineKind  # no torch at import
     from gateway.registry.embedding_kind import EmbeddingKind  # it imports this module's constants
 
-    return {"local": LocalKind(factory), "embedding": EmbeddingKind()}
+    return {
+        "local": LocalKind(factory),
+        "upstream": UpstreamKind(),
+        "pipeline": PipelineKind(),
+        "embedding": EmbeddingKind(),
+    }

@@ -181,6 +181,8 @@ class Lifecycle:
             entry.state, entry.holds_slot, entry.progress = ModelState.UNLOADED, False, None
             self.notify()
             return None
+        if (start := getattr(kind, "start", None)) is not None:
+            await start(handle)  # on the loop: what `load` (a worker thread) could not start
         entry.served, entry.state, entry.progress = handle, ModelState.READY, None
         entry.idle_since = time.monotonic()
         logger.info("model %s: ready in %.1f s (memory +%d MiB)", entry.name, seconds, (entry.memory_bytes or 0) // MiB)

@@ -3,7 +3,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from gateway.deps import CompletionServiceDep, RegistryDep, SettingsDep, WaitForModelDep
-from gateway.registry import COMPLETION
+from gateway.registry import COMPLETION, Lease
+from gateway.routes.forwarding import serve
 from gateway.schemas.completions import Completion, CompletionRequest
 from gateway.streaming import sse_response, until_disconnect
 
@@ -20,8 +21,10 @@ async def create_completion(
     wait: WaitForModelDep,
 ):
     # The lease keeps the model loaded until the response's last byte (a stream takes it along).
-    async with await registry.acquire(body.model, COMPLETION, wait=wait) as lease:
+    async def local(lease: Lease):
         plan = await service.prepare_off_loop(body, lease)
         if body.stream:
             return sse_response(request, lease.keep(service.stream(plan)), settings.sse_ping_seconds)
         return await until_disconnect(request, service.complete(plan))
+
+    return await serve(request, registry, body.model, COMPLETION, wait=wait, local=local)  # or an upstream answers

@@ -19,7 +19,7 @@ async def health() -> dict[str, str]:
 async def ready(registry: RegistryDep, model: str | None = None) -> JSONResponse:
     """Readiness: 200 once every `preload` model is loaded (models that load on demand do not count);
     503 before, or if one failed. `?model=ID`: 200 only while that model is loaded."""
-    models = {entry.spec.name: entry.state.value for entry in registry.entries()}
+    models = {entry.spec.name: entry.state.value for entry in registry.visible_entries()}  # no private names
     if model is not None:
         entry = registry.find(model)
         waiting_for = [entry] if entry.state is not ModelState.READY else []

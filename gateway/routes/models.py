@@ -15,6 +15,7 @@ def _cards(registry: ModelRegistry, entry: ModelEntry, *, details: bool) -> list
         ModelCard(
             id=model_id,
             created=entry.created,
+            owned_by=getattr(entry.spec, "owned_by", None) or "gantry",  # an upstream entry names its owner
             root=entry.spec.public_root(),
             max_model_len=status["context_length"],
             status=entry.state.value,
@@ -27,7 +28,9 @@ def _cards(registry: ModelRegistry, entry: ModelEntry, *, details: bool) -> list
 
 @router.get("/models", response_model=ModelList, response_model_exclude_none=True)
 async def list_models(registry: RegistryDep) -> ModelList:
-    return ModelList(data=[card for entry in registry.entries() for card in _cards(registry, entry, details=False)])
+    return ModelList(
+        data=[card for entry in registry.visible_entries() for card in _cards(registry, entry, details=False)]
+    )
 
 
 @router.get("/models/{model_id:path}", response_model=ModelCard, response_model_exclude_none=True)
