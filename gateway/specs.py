@@ -195,6 +195,9 @@ class EmbeddingSpec(SpecBase):
         default=64, ge=0, description="Requests waiting for the model's thread; beyond → 429 + Retry-After."
     )
 
+    def public_root(self) -> str | None:
+        return None if is_local_path(self.source) else self.source
+
 
 # Tasks a `kind: pipeline` entry may name (aliases and `translation_xx_to_yy` included); see gateway/pipelines.
 PIPELINE_TASKS = (
