@@ -19,6 +19,17 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
+class SequenceStats:
+    """How one generated sequence went (services/sequences.py fills it; metrics read it at the end)."""
+
+    queue_seconds: float | None = None  # engine admission → first scheduled (None: the engine does not say)
+    token_gaps: list[float] = field(default_factory=list)  # seconds between consecutive output tokens
+    tokens: int = 0
+    finish: str = "abort"  # stop / length / abort (the client left or the engine was stopped) / error
+    text: str | None = None  # the output text, only when prompt logging is on (`RequestRecord.capture_text`)
+
+
+@dataclass
 class RequestRecord:
     request_id: str
     method: str
@@ -34,6 +45,9 @@ class RequestRecord:
     first_token_at: float | None = None  # monotonic time of the first generated token sent
     finished_at: float | None = None
     aborted: bool = False  # the client went away before the response ended
+    sequences: list[SequenceStats] = field(default_factory=list)  # one per generated sequence
+    capture_text: bool = False  # log_prompts: keep the prompt and output text for the log
+    prompt_text: str | None = None  # the request's prompt (only with capture_text)
     on_finish: list[Callable[[RequestRecord], None]] = field(default_factory=list, repr=False)
 
     def add_tokens(self, prompt: int, completion: int) -> None:
@@ -86,6 +100,17 @@ def count_tokens(prompt: int, completion: int) -> None:
     """Add a response's tokens to the current request's record (no-op outside a request)."""
     if (record := current_record()) is not None:
         record.add_tokens(prompt, completion)
+
+
+def add_sequence(stats: SequenceStats) -> None:
+    if (record := current_record()) is not None:
+        record.sequences.append(stats)
+
+
+def capturing_text() -> bool:
+    """Whether this request's prompt and output text may be kept for the log (GANTRY_LOG_PROMPTS)."""
+    record = current_record()
+    return record is not None and record.capture_text
 
 
 def mark_first_token() -> None:

@@ -12,7 +12,10 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from gateway.access.setup import install_access
+from gateway.access_log import AccessLog, PromptCaptureMiddleware
+from gateway.audio.body import audio_body_rules
 from gateway.errors import install_error_handlers
+from gateway.metrics import GatewayMetrics
 from gateway.middleware import (
     BodySizeLimitMiddleware,
     EnvelopeCORSMiddleware,
@@ -21,8 +24,10 @@ from gateway.middleware import (
 )
 from gateway.openapi import install_openapi
 from gateway.registry import ModelFactory, ModelRegistry, RegistryStore
-from gateway.routes import admin, chat, completions, embeddings, health, inference_api, models, tokenize
+from gateway.routes import admin, chat, completions, embeddings, health, inference_api, metrics, models, tokenize
+from gateway.routes import audio as audio_routes
 from gateway.routes.compat import install_compat_routes
+from gateway.services.audio import AudioService
 from gateway.services.chat import ChatService
 from gateway.services.completions import CompletionService
 from gateway.services.embeddings import EmbeddingService
@@ -92,20 +97,24 @@ def create_app(settings: Settings | None = None, *, factory: ModelFactory | None
     app.state.shutdown = shutdown
     # Called with every finished request's RequestRecord (metrics, access log, token limits append here).
     app.state.request_observers = []
+    app.state.metrics = GatewayMetrics(registry)  # GET /metrics; per app, never module-global
+    app.state.request_observers += [app.state.metrics.observe, AccessLog()]
     workers = WorkerPool(settings.prepare_threads, settings.prepare_queue)  # shared by both services
     app.state.chat_service = ChatService(registry, settings, workers)
     app.state.completion_service = CompletionService(registry, settings, workers)
+    app.state.audio_service = AudioService(registry, settings)
     app.state.inference_api_service = InferenceAPIService(registry)
     app.state.embedding_service = EmbeddingService(settings)
     app.state.tokenize_service = TokenizeService(settings, workers)
     install_error_handlers(app)
-    for module in (chat, completions, models, health, admin, inference_api):
+    for module in (chat, completions, models, health, admin, inference_api, metrics):
         app.include_router(module.router)
     for module in (embeddings, tokenize):
         app.include_router(module.router)
     app.state.workers = workers
     if settings.compat_routes:  # POST /generate and POST /, the tutorials' shapes
         install_compat_routes(app)
+    app.include_router(audio_routes.router)
     install_openapi(app)
     install_middleware(app, settings)
     return app
@@ -114,8 +123,10 @@ def create_app(settings: Settings | None = None, *, factory: ModelFactory | None
 def install_middleware(app: FastAPI, settings: Settings) -> None:
     """Added innermost first: the body checks run before routing; CORS wraps them so a browser can read
     their errors; the request context wraps everything."""
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(JSONContentTypeMiddleware)
+    # Audio uploads (multipart on /v1/audio, raw audio on /models/{id}) are the bodies that are not JSON.
+    audio_rules = audio_body_rules(settings.max_audio_bytes)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes, rules=audio_rules)
+    app.add_middleware(JSONContentTypeMiddleware, rules=audio_rules)
     # While draining, new requests get a 503 envelope (inside CORS and RequestContext: a browser can read
     # it and it carries an x-request-id).
     app.add_middleware(ShutdownMiddleware, shutdown=app.state.shutdown)
@@ -131,5 +142,7 @@ def install_middleware(app: FastAPI, settings: Settings) -> None:
             allow_credentials=False,
             expose_headers=["x-request-id", "retry-after"],
         )
+    if settings.log_prompts:  # keeps the prompt for the log; inside the request context, which opens the record
+        app.add_middleware(PromptCaptureMiddleware)
     # outermost: sees every response
     app.add_middleware(RequestContextMiddleware, observers=app.state.request_observers)

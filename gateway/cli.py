@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from adapters import AdapterRegistry
 from gateway.access.cli import add_keys_command, run_keys_command
+from gateway.access_log import configure_logging
 from gateway.admin_cli import add_models_command, run_models_command
 from gateway.settings import Settings
 
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "keys":
         raise SystemExit(run_keys_command(args))
     settings = settings_from_args(args)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level, settings.log_format)
     import uvicorn
 
     from gateway.app import create_app
@@ -109,8 +110,16 @@ def main(argv: list[str] | None = None) -> None:
     app = create_app(settings)
     # The app drains itself within the grace period (gateway/shutdown.py); uvicorn's own timeout only bounds the
     # sockets' last bytes after that, so the process never waits long past the grace period.
+    # uvicorn's loggers go through the handler configured above (log_config=None: text or JSON alike); its access
+    # log is off: gateway.access logs each request once, with model, tokens and timings (gateway/access_log.py).
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_level=settings.log_level, timeout_graceful_shutdown=2
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=2,
     )
     GatewayServer(config, app.state.shutdown).run()
     # Sockets and models are closed. Python's own exit would now garbage-collect and tear down every object

@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.accounting import RequestRecord, close_record, open_record
@@ -33,6 +35,35 @@ async def send_error(send: Send, exc: GatewayError, scope: Scope | None = None) 
     headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers().items()]
     await send({"type": "http.response.start", "status": exc.status_code, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+@dataclass(frozen=True)
+class BodyRule:
+    """Requests under `path_prefix` whose Content-Type is one of `media_types` (`audio/*` matches any audio
+    type) may send that type instead of JSON, up to `max_bytes` instead of max_body_bytes (audio uploads)."""
+
+    path_prefix: str
+    media_types: tuple[str, ...]
+    max_bytes: int
+
+    def matches(self, scope: Scope, headers: Headers) -> bool:
+        if not str(scope.get("path", "")).startswith(self.path_prefix):
+            return False
+        return media_matches(headers.get("content-type"), self.media_types)
+
+
+def media_matches(content_type: str | None, patterns: Sequence[str]) -> bool:
+    """Whether a Content-Type is one of `patterns` (`audio/*` matches every audio type)."""
+    media = _media_type(content_type)
+    return bool(media) and any(media == p or (p.endswith("/*") and media.startswith(p[:-1])) for p in patterns)
+
+
+def matching_rule(rules: Sequence[BodyRule], scope: Scope, headers: Headers) -> BodyRule | None:
+    return next((rule for rule in rules if rule.matches(scope, headers)), None)
+
+
+def _media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";", 1)[0].strip().lower()
 
 
 def _has_body(headers: Headers) -> bool:
@@ -67,6 +98,7 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 started = True
                 status = message["status"]
+                record.route = route_template(scope)
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode("latin-1"))]
             await send(message)
@@ -90,9 +122,25 @@ class RequestContextMiddleware:
             await send_error(send_with_id, error, scope)
         finally:
             if record.finished_at is None:  # the last byte was never sent: the client went away, or an error
+                record.route = record.route or route_template(scope)
                 record.aborted = True
                 record.finish(status)
             close_record(token)
+
+
+def route_template(scope: Scope) -> str | None:
+    """The path template of the route serving the request (e.g. /v1/models/{model_id}), so metrics get one
+    label per route, not per path; a request refused by a middleware before routing is matched here;
+    None when no route serves the path."""
+    route = scope.get("route")
+    if route is None:
+        app = scope.get("app")
+        for candidate in getattr(getattr(app, "router", None), "routes", ()):
+            match, _ = candidate.matches(scope)
+            if match is Match.FULL:
+                route = candidate
+                break
+    return getattr(route, "path_format", None) or getattr(route, "path", None)
 
 
 class JSONContentTypeMiddleware:
@@ -105,14 +153,15 @@ class JSONContentTypeMiddleware:
     JSON; every real client (openai SDK, LangChain, httpx/requests `json=`) sends the header.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, rules: Sequence[BodyRule] = ()) -> None:
         self.app = app
+        self.rules = tuple(rules)  # the routes that take another body type (multipart or raw audio)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope.get("method") in BODY_METHODS:
             headers = Headers(scope=scope)
             declared = headers.get("content-type")
-            if _has_body(headers) and not _is_json(declared):
+            if _has_body(headers) and not _is_json(declared) and not matching_rule(self.rules, scope, headers):
                 got = f"got {declared[:100]!r}" if declared else "none was sent"
                 await send_error(
                     send,
@@ -128,7 +177,7 @@ class JSONContentTypeMiddleware:
 def _is_json(content_type: str | None) -> bool:
     if not content_type:
         return False
-    media = content_type.split(";", 1)[0].strip().lower()
+    media = _media_type(content_type)
     kind, _, subtype = media.partition("/")
     return kind == "application" and (subtype == "json" or subtype.endswith("+json"))
 
@@ -137,23 +186,27 @@ class BodySizeLimitMiddleware:
     """413 for a body over `max_bytes`, decided before the body is read: from Content-Length when it is
     declared; a chunked body (no length) is read up to the limit, then refused or replayed to the app."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, rules: Sequence[BodyRule] = ()) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.rules = tuple(rules)  # per-route limits (audio uploads) replacing max_bytes
 
-    def _too_large(self, declared: int | None = None) -> PayloadTooLargeError:
+    @staticmethod
+    def _too_large(limit: int, declared: int | None = None) -> PayloadTooLargeError:
         size = f" of {declared} bytes" if declared is not None else ""
-        return PayloadTooLargeError(f"Request body{size} exceeds the limit of {self.max_bytes} bytes.")
+        return PayloadTooLargeError(f"Request body{size} exceeds the limit of {limit} bytes.")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
+        rule = matching_rule(self.rules, scope, headers)
+        limit = rule.max_bytes if rule is not None else self.max_bytes
         length = headers.get("content-length")
         if length is not None:
-            if length.isdigit() and int(length) > self.max_bytes:
-                await send_error(send, self._too_large(int(length)), scope)
+            if length.isdigit() and int(length) > limit:
+                await send_error(send, self._too_large(limit, int(length)), scope)
                 return
             await self.app(scope, receive, send)  # the server holds the body to its declared length
             return
@@ -168,8 +221,8 @@ class BodySizeLimitMiddleware:
                 return  # the client left while sending
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_bytes:
-                await send_error(send, self._too_large(), scope)
+            if size > limit:
+                await send_error(send, self._too_large(limit), scope)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):

@@ -31,7 +31,8 @@ ERROR_DESCRIPTIONS = {
     404: "No such model is served here (and every /admin route while no admin key is configured).",
     409: "A model with that id is already registered.",
     413: "The request body is larger than the configured limit.",
-    415: "The request body is not declared as JSON (`Content-Type: application/json`).",
+    415: "The request body is not declared as JSON (`Content-Type: application/json`), or, on /v1/audio, as "
+    "`multipart/form-data`.",
     429: "Every running and queued place for the model is taken (code `overloaded`), or the API key used up its "
     "rpm, tpm or concurrent requests (code `rate_limit_exceeded`, with the `x-ratelimit-*` headers); retry after "
     "`Retry-After` seconds.",
@@ -45,12 +46,14 @@ ERROR_DESCRIPTIONS = {
 RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}}
 GENERATION_ERRORS = (400, 404, 413, 415, 429, 500, 502, 503, 504)
 ADMIN_ERRORS = (401, 404)
+SPEECH_ERRORS = (400, 404, 413, 415, 500, 503)  # 415: a body that is not multipart/form-data
 
 
 @dataclass(frozen=True)
 class Documented:
     errors: tuple[int, ...] = ()
     stream_chunk: type[BaseModel] | None = None  # the model of each SSE `data:` line when `stream: true`
+    multipart: bool = False  # a form with a file: FastAPI documents a form model as urlencoded
     error_model: type[BaseModel] = ErrorResponse  # the body of its errors (the Inference API has its own)
     request_model: type[BaseModel] | None = None  # a body the route parses itself, named in openapi_extra
 
@@ -70,12 +73,15 @@ OPERATIONS: dict[tuple[str, str], Documented] = {
     ("post", "/v1/embeddings"): Documented((400, 404, 413, 415, 429, 500, 503)),
     ("post", "/tokenize"): Documented((400, 404, 413, 415, 429, 503)),
     ("post", "/detokenize"): Documented((400, 404, 413, 415, 429, 503)),
+    ("post", "/v1/audio/transcriptions"): Documented(SPEECH_ERRORS, multipart=True),
+    ("post", "/v1/audio/translations"): Documented(SPEECH_ERRORS, multipart=True),
     ("post", "/models/{model_id}"): Documented(
         (400, 404, 413, 415, 500, 503), error_model=InferenceAPIError, request_model=InferenceRequest
     ),
     # the tutorials' routes (gateway/routes/compat.py): errors as {"detail": …}
     ("post", "/generate"): Documented(GENERATION_ERRORS, error_model=DetailError),
     ("post", "/"): Documented(GENERATION_ERRORS, error_model=DetailError),
+    ("get", "/metrics"): Documented(),
 }
 
 
@@ -104,9 +110,25 @@ def document(schema: dict[str, Any]) -> dict[str, Any]:
                 responses[str(status)] = _error_response(status, documented.error_model)
             if documented.stream_chunk is not None:
                 responses["200"]["content"]["text/event-stream"] = _event_stream(documented.stream_chunk)
+            if documented.multipart:
+                _as_multipart(operation, components)
     for unused in ("HTTPValidationError", "ValidationError"):
         components.pop(unused, None)
     return schema
+
+
+def _as_multipart(operation: dict[str, Any], components: dict[str, Any]) -> None:
+    """The form's media type is multipart/form-data and its UploadFile fields are binary strings."""
+    content = operation.get("requestBody", {}).get("content", {})
+    form = content.pop("application/x-www-form-urlencoded", None)
+    if form is None:
+        return
+    content["multipart/form-data"] = form
+    name = form.get("schema", {}).get("$ref", "").rsplit("/", 1)[-1]
+    for field in components.get(name, {}).get("properties", {}).values():
+        if field.get("contentMediaType") == "application/octet-stream":
+            field.pop("contentMediaType")
+            field["format"] = "binary"
 
 
 def _error_response(status: int, model: type[BaseModel] = ErrorResponse) -> dict[str, Any]:

@@ -129,6 +129,12 @@ class Settings(BaseSettings, AccessSettings):  # AccessSettings: keys, limits, t
         ge=1024,
         description="Largest request body in bytes; beyond → 413 before it is read.",
     )
+    max_audio_bytes: int = Field(
+        default=25 << 20,  # OpenAI's 25 MB upload limit for /v1/audio
+        ge=1024,
+        description="Largest audio upload in bytes (/v1/audio multipart files, raw audio bodies on /models/{id}); "
+        "beyond → 413 before it is read. Replaces max_body_bytes for those requests.",
+    )
     max_prompt_chars: int = Field(
         default=500_000,
         ge=1,
@@ -184,6 +190,13 @@ class Settings(BaseSettings, AccessSettings):  # AccessSettings: keys, limits, t
         "(new requests get 503 at once).",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="Log lines as text, or json: one JSON object per line (for log collectors)."
+    )
+    log_prompts: bool = Field(
+        default=False,
+        description="Log each request's prompt and output text (off: they are never logged; they may be private).",
+    )
     keep_alive: float | str = Field(  # `| str`: the generated CLI flag then accepts `5m` (validated to seconds)
         default=-1.0,
         description="Default idle time before a model is unloaded (seconds or `5m`; -1 = never; 0 = when idle); "

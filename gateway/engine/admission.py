@@ -114,5 +114,11 @@ class AdmittedEngine:
     async def abort(self, request_id: str) -> None:
         await self.inner.abort(request_id)
 
+    def metrics_snapshot(self) -> dict[str, float]:
+        """/metrics at scrape time: the inner engine runs max_running sequences at once, the rest wait."""
+        in_flight = self.admission.in_flight
+        running = min(in_flight, self.admission.max_running)
+        return {"running": running, "waiting": in_flight - running, "batch_size": running}
+
     async def close(self) -> None:
         await self.inner.close()

@@ -141,6 +141,7 @@ class BatchedEngine:
         self.shared_prefix_tokens = 0  # prompt tokens not recomputed thanks to a shared prefix
         self.dropped: deque[tuple[str, int]] = deque(maxlen=256)  # (request id, step) of recent cancellations
         self.prefill_batches: deque[int] = deque(maxlen=256)  # requests per recent prefill forward
+        self.batch_size = 0  # rows in the last decode step (0 when idle), for /metrics
         self._thread = threading.Thread(target=self._loop, name=f"batched-{name}", daemon=True)
         self._thread.start()
 
@@ -194,11 +195,23 @@ class BatchedEngine:
             "in_flight": self.admission.in_flight,
         }
 
+    def metrics_snapshot(self) -> dict[str, float]:
+        """Read by /metrics at scrape time from another thread: plain reads of sizes, no lock."""
+        running = len(self._active)
+        return {
+            "running": running,
+            # queued in the engine, plus admitted by the services but not handed over yet
+            "waiting": max(0, self.admission.in_flight - running),
+            "batch_size": self.batch_size,
+            "kv_cache_bytes": self.cache.nbytes(),
+        }
+
     # ---- engine thread ----------------------------------------------------------------------------------
     def _loop(self) -> None:
         with torch.inference_mode():
             while True:
                 if not self._waiting and not self._active and not self._beams:
+                    self.batch_size = 0
                     release_free_memory()  # going idle: return the burst's freed heap to the OS
                     logger.debug("idle after %d steps; thread tuning %s", self.steps, self.tuner.describe())
                 with self._cond:
@@ -306,7 +319,9 @@ class BatchedEngine:
             length = len(self._waiting[0].request.prompt_ids)
             if taken and tokens + length > self.max_prefill_tokens:
                 break
-            taken.append(self._waiting.popleft())
+            seq = self._waiting.popleft()
+            seq.request.timing.start()  # its queue wait ends here
+            taken.append(seq)
             tokens += length
         return taken, dropped
 
@@ -400,6 +415,7 @@ class BatchedEngine:
     def _decode(self, out: _Outbox) -> None:
         self.cache.lookahead = self._lookahead(self._active)
         input_ids, position_ids, mask = self.cache.begin_decode()
+        self.batch_size = len(self._active)
         logits = self.tuner.run("decode", 1, self._forward, input_ids, position_ids, mask)
         self.cache.end_decode()
         self.steps += 1

@@ -27,6 +27,7 @@ class FakeEngine:
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
         self.requests.append(request)
+        request.timing.start()
         params = request.params
         try:
             for step, piece in enumerate(self.pieces):

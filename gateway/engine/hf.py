@@ -139,6 +139,7 @@ class HFEngine:
 
     # ---- worker thread ------------------------------------------------------------------------
     def _run(self, job: _Job) -> None:
+        job.request.timing.start()  # the worker took it: its queue wait ends
         if job.cancel.is_set():
             job.emit(GenerationDelta(finish_reason="abort"))
             return

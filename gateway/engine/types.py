@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -43,11 +44,29 @@ class SamplingParams:
         return self.temperature == 0.0 or self.top_k == 1
 
 
+@dataclass
+class SequenceTiming:
+    """When a sequence reached the engine and when the engine first worked on it (its queue wait).
+    Engines that queue set `scheduled` when they start the sequence; one that never does reports no wait."""
+
+    queued: float = field(default_factory=time.monotonic)
+    scheduled: float | None = None
+
+    def start(self) -> None:
+        if self.scheduled is None:
+            self.scheduled = time.monotonic()
+
+    @property
+    def queue_seconds(self) -> float | None:
+        return None if self.scheduled is None else self.scheduled - self.queued
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     request_id: str
     prompt_ids: list[int]
     params: SamplingParams
+    timing: SequenceTiming = field(default_factory=SequenceTiming, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

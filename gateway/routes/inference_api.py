@@ -7,6 +7,7 @@ import json
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from gateway.audio.body import is_audio_body
 from gateway.deps import WaitForModelDep
 from gateway.errors import InvalidRequestError
 from gateway.services.inference_api import InferenceAPIService
@@ -28,6 +29,8 @@ router = APIRouter(tags=["inference-api"])
 async def run_pipeline(model_id: str, request: Request, wait: WaitForModelDep) -> JSONResponse:
     service: InferenceAPIService = request.app.state.inference_api_service
     raw = await request.body()
+    if is_audio_body(request):  # an ASR model's audio, sent as the body itself (Content-Type: audio/*)
+        return JSONResponse(await service.infer(model_id, None, wait=wait, audio=raw))
     try:
         body = json.loads(raw) if raw else None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

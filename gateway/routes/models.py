@@ -3,6 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from gateway.deps import RegistryDep
+from gateway.redact import strip_paths
 from gateway.registry import ModelEntry, ModelRegistry
 from gateway.schemas.models import ModelCard, ModelList
 
@@ -20,7 +21,8 @@ def _cards(registry: ModelRegistry, entry: ModelEntry, *, details: bool) -> list
             max_model_len=status["context_length"],
             status=entry.state.value,
             # state, progress, load time, last use, memory estimate, error (and the model's own details once loaded)
-            details=registry.details(entry) if details else None,
+            # no server paths for API callers (/admin/models shows them to the operator)
+            details=strip_paths(registry.details(entry)) if details else None,
         )
         for model_id in entry.spec.ids()
     ]

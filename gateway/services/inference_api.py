@@ -10,9 +10,11 @@ import re
 from typing import Any
 
 from gateway.accounting import count_tokens
+from gateway.audio.body import audio_from_inputs
 from gateway.errors import InvalidRequestError, ModelLoadingError, ModelNotFoundError
 from gateway.pipelines import ASR, PIPELINE, PipelineInputError
 from gateway.registry import ModelRegistry
+from gateway.services.audio import infer_speech
 
 # The Hub's feature-extraction URL form, /models/<id>/pipeline/<task>, routes to <id>.
 _PIPELINE_SUFFIX = re.compile(r"^(?P<model>.+)/pipeline/[A-Za-z0-9_-]+$")
@@ -36,11 +38,12 @@ class InferenceAPIService:
             self.registry.find(match["model"])
             return match["model"]
 
-    async def infer(self, model_id: str, body: Any, *, wait: bool = False) -> Any:
+    async def infer(self, model_id: str, body: Any, *, wait: bool = False, audio: bytes | None = None) -> Any:
+        """`body`: the parsed JSON; `audio`: a raw audio body instead (for an ASR model)."""
         if not model_id:
             raise ModelNotFoundError("No model id in the path: POST /models/<model id>.")
         model_id = self.resolve(model_id)
-        inputs, parameters, wait_for_model = parse_body(body)
+        inputs, parameters, wait_for_model = parse_body(body) if audio is None else (None, {}, False)
         try:
             lease = await self.registry.acquire(model_id, PIPELINE, wait=wait or wait_for_model)
         except ModelLoadingError as exc:  # the hosted API's exact words; estimated_time rides along
@@ -49,6 +52,10 @@ class InferenceAPIService:
             ) from exc
         async with lease:
             handle = lease.served
+            if handle.task == ASR:  # raw audio, or base64 `inputs` (huggingface_hub's form with parameters)
+                return await infer_speech(handle, audio if audio is not None else audio_from_inputs(inputs), parameters)
+            if audio is not None:
+                raise InvalidRequestError(f"The model `{model_id}` ({handle.task}) takes JSON inputs, not audio.")
             check_inputs(handle.task, inputs)
             try:
                 output = await handle.run(inputs, parameters)

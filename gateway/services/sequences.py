@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
 
-from gateway.accounting import mark_first_token
+from gateway.accounting import SequenceStats, add_sequence, capturing_text, mark_first_token
 from gateway.engine.base import Engine
 from gateway.engine.types import GenerationRequest, SamplingParams, TokenLogprob
 from gateway.services.stops import StopStringMatcher
@@ -36,23 +36,41 @@ async def run_sequence(
     matcher = StopStringMatcher(stops)
     request = GenerationRequest(request_id=uuid.uuid4().hex, prompt_ids=prompt_ids, params=params)
     tokens, finish, started = 0, "abort", time.monotonic()  # "abort" unless the engine says how it ended
+    stats = SequenceStats()
+    texts: list[str] | None = [] if capturing_text() else None
+    last_token_at: float | None = None
     try:
         async with aclosing(engine.generate(request)) as deltas:
             async for delta in deltas:
+                if delta.token_ids:
+                    now = time.monotonic()
+                    if last_token_at is not None:  # a delta of k tokens stands for k steps of the engine
+                        stats.token_gaps.extend([(now - last_token_at) / len(delta.token_ids)] * len(delta.token_ids))
+                    last_token_at = now
                 tokens += len(delta.token_ids)
                 text, hit = matcher.feed(delta.text)
                 if hit:
                     finish = "stop"
+                    _keep(texts, text)
                     yield Piece(text, delta.logprobs, finish_reason=finish, completion_tokens=tokens)
                     return
                 if delta.finish_reason is not None:
                     finish = delta.finish_reason
                     reason = "length" if finish == "length" else "stop"
-                    yield Piece(text + matcher.flush(), delta.logprobs, finish_reason=reason, completion_tokens=tokens)
+                    text += matcher.flush()
+                    _keep(texts, text)
+                    yield Piece(text, delta.logprobs, finish_reason=reason, completion_tokens=tokens)
                     return
                 if text or delta.logprobs or delta.prompt_logprobs:
+                    _keep(texts, text)
                     yield Piece(text, delta.logprobs, delta.prompt_logprobs, completion_tokens=tokens)
+    except Exception:
+        finish = "error"
+        raise
     finally:
+        stats.queue_seconds, stats.tokens, stats.finish = request.timing.queue_seconds, tokens, finish
+        stats.text = "".join(texts) if texts is not None else None
+        add_sequence(stats)  # metrics: queue wait, inter-token latency, aborted sequences
         logger.info(
             "sequence %s: %s after %d tokens (prompt %d) in %.2f s",
             request.request_id,
@@ -61,6 +79,11 @@ async def run_sequence(
             len(prompt_ids),
             time.monotonic() - started,
         )
+
+
+def _keep(texts: list[str] | None, text: str) -> None:
+    if texts is not None and text:
+        texts.append(text)
 
 
 _DONE = object()

@@ -181,6 +181,7 @@ def test_bad_input_is_4xx_detail(tiny: RunningServer, case: str) -> None:
     assert set(response.json()) == {"detail"} and isinstance(response.json()["detail"], str)
 
 
+@pytest.mark.timeout(1200)  # a 5-beam search to 200 tokens on the 135M model (and its first load): slow on a busy CPU
 def test_tutorial_clients_on_the_default_model(server: RunningServer) -> None:
     text = distilgpt2_client(server.url, "Hello GPT")
     assert text.startswith("Hello GPT") and len(text) > len("Hello GPT")
