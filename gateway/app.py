@@ -24,13 +24,15 @@ from gateway.middleware import (
 )
 from gateway.openapi import install_openapi
 from gateway.registry import ModelFactory, ModelRegistry, RegistryStore
-from gateway.routes import admin, chat, completions, health, inference_api, metrics, models
+from gateway.routes import admin, chat, completions, embeddings, health, inference_api, metrics, models, tokenize
 from gateway.routes import audio as audio_routes
 from gateway.routes.compat import install_compat_routes
 from gateway.services.audio import AudioService
 from gateway.services.chat import ChatService
 from gateway.services.completions import CompletionService
+from gateway.services.embeddings import EmbeddingService
 from gateway.services.inference_api import InferenceAPIService
+from gateway.services.tokenize import TokenizeService
 from gateway.services.workers import WorkerPool
 from gateway.settings import Settings
 from gateway.shutdown import Shutdown, ShutdownMiddleware
@@ -102,8 +104,12 @@ def create_app(settings: Settings | None = None, *, factory: ModelFactory | None
     app.state.completion_service = CompletionService(registry, settings, workers)
     app.state.audio_service = AudioService(registry, settings)
     app.state.inference_api_service = InferenceAPIService(registry)
+    app.state.embedding_service = EmbeddingService(settings)
+    app.state.tokenize_service = TokenizeService(settings, workers)
     install_error_handlers(app)
     for module in (chat, completions, models, health, admin, inference_api, metrics):
+        app.include_router(module.router)
+    for module in (embeddings, tokenize):
         app.include_router(module.router)
     app.state.workers = workers
     if settings.compat_routes:  # POST /generate and POST /, the tutorials' shapes

@@ -9,6 +9,8 @@ from fastapi import Depends, Request
 from gateway.registry import ModelRegistry
 from gateway.services.chat import ChatService
 from gateway.services.completions import CompletionService
+from gateway.services.embeddings import EmbeddingService
+from gateway.services.tokenize import TokenizeService
 from gateway.settings import Settings
 
 
@@ -39,3 +41,15 @@ RegistryDep = Annotated[ModelRegistry, Depends(_registry)]
 WaitForModelDep = Annotated[bool, Depends(_wait_for_model)]
 ChatServiceDep = Annotated[ChatService, Depends(_chat)]
 CompletionServiceDep = Annotated[CompletionService, Depends(_completions)]
+
+
+def _embeddings(request: Request) -> EmbeddingService:
+    return request.app.state.embedding_service
+
+
+def _tokenize(request: Request) -> TokenizeService:
+    return request.app.state.tokenize_service
+
+
+EmbeddingServiceDep = Annotated[EmbeddingService, Depends(_embeddings)]
+TokenizeServiceDep = Annotated[TokenizeService, Depends(_tokenize)]

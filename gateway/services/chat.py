@@ -35,7 +35,7 @@ from gateway.services.chat_output import ChoiceDecoder, Event
 from gateway.services.limits import check_capacity, check_chat_limits
 from gateway.services.logprobs import chat_logprobs
 from gateway.services.messages import to_template_messages
-from gateway.services.output_mode import OutputMode, compile_mode, plan_prompt
+from gateway.services.output_mode import OutputMode, PromptPlan, compile_mode, plan_prompt
 from gateway.services.params import SamplingFields, budget, check_text_fits, resolve_token_fields, sampling_params
 from gateway.services.sequences import Piece, merge, run_sequence
 from gateway.services.stops import normalize_stop
@@ -115,15 +115,7 @@ class ChatService:
         stops = normalize_stop(req.stop, self.settings.max_stop_sequences)
         # Text-only turn markers of the family (not tokens, so no stop id can catch them).
         stops += [s for s in served.pipeline.stop_strings if s not in stops]
-        prompt = plan_prompt(req, served, to_template_messages(req.messages))
-        try:
-            text = served.pipeline.render_chat(
-                prompt.messages, tools=prompt.tools, template_kwargs=req.chat_template_kwargs
-            )
-        except (TypeError, ValueError) as exc:  # a template choking on an odd message shape
-            raise InvalidRequestError(f"Could not render the messages with the chat template: {exc}") from exc
-        check_text_fits(len(text), served, noun="messages")  # before tokenizing it
-        prompt_ids = served.pipeline.encode_rendered(text)
+        prompt, prompt_ids = render_prompt(req, served)
         requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
         max_new_tokens = budget(len(prompt_ids), requested, served, noun="messages")
         mode = compile_mode(prompt, served, self.settings.grammar_compile_seconds)  # after the context check
@@ -220,6 +212,25 @@ class ChatService:
         if plan.top_logprobs is None:
             return None
         return ChoiceLogprobs(content=chat_logprobs(items, plan.top_logprobs))
+
+
+def render_prompt(
+    req: ChatCompletionRequest, served: ServedModel, *, add_generation_prompt: bool = True
+) -> tuple[PromptPlan, list[int]]:
+    """The prompt a chat request runs on: tools, the response_format hint and the template applied, then
+    tokenized. One function for chat and POST /tokenize, so /tokenize counts what chat's usage reports."""
+    prompt = plan_prompt(req, served, to_template_messages(req.messages))
+    try:
+        text = served.pipeline.render_chat(
+            prompt.messages,
+            tools=prompt.tools,
+            template_kwargs=req.chat_template_kwargs,
+            add_generation_prompt=add_generation_prompt,
+        )
+    except (TypeError, ValueError) as exc:  # a template choking on an odd message shape
+        raise InvalidRequestError(f"Could not render the messages with the chat template: {exc}") from exc
+    check_text_fits(len(text), served, noun="messages")  # before tokenizing it
+    return prompt, served.pipeline.encode_rendered(text)
 
 
 def _delta(event: Event) -> DeltaMessage:

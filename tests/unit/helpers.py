@@ -65,6 +65,7 @@ class CountingEngine(FakeEngine):
 
 def make_settings(**overrides: Any) -> Settings:
     values: dict[str, Any] = {"model": "org/fake-source", "served_model_name": MODEL, "model_aliases": list(ALIASES)}
+    values.setdefault("default_embedding_model", "")  # one model, as these tests count them
     values.update(overrides)
     return Settings(_env_file=None, **values)
 

@@ -40,7 +40,7 @@ async def test_only_the_first_model_preloads_and_others_load_on_first_request(tm
         details = card["details"]
         assert card["status"] == "ready" and details["state"] == "ready" and details["loads"] == 1
         assert details["load_seconds"] is not None and details["last_used"] is not None
-        assert details["capabilities"] == ["chat", "completion"] and details["family"] == "generic"
+        assert details["capabilities"] == ["chat", "completion", "tokenize"] and details["family"] == "generic"
 
 
 async def test_503_while_loading_then_wait_header_waits_and_ten_first_requests_share_one_load(tmp_path):
