@@ -33,8 +33,8 @@ class Cluster:
     replicas: list[RunningServer]
 
     def restart(self, index: int) -> None:
-        port = self.replicas[index].url.rsplit(":", 1)[1]
-        self.replicas[index] = start_server(self.tmp, "--port", port)  # the same URL the front knows
+        """Start the replica again on the same port, the URL the front knows."""
+        self.replicas[index] = start_server(self.tmp, port=int(self.replicas[index].url.rsplit(":", 1)[1]))
 
     def health(self, model: str = "remote-smol") -> list[str]:
         data = httpx.get(self.front.url + "/admin/models", headers=ADMIN, timeout=10).json()["data"]
