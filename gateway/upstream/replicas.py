@@ -179,7 +179,8 @@ class ReplicaPool:
             self._task = None
 
     async def _health_loop(self) -> None:
-        timeout = httpx.Timeout(self.spec.timeouts.connect, read=max(self.spec.timeouts.connect, 5.0))
+        # a busy replica may answer its health route slowly: that is not down (its first_token bounds it)
+        timeout = httpx.Timeout(max(5.0, min(self.spec.timeouts.first_token, 30.0)), connect=self.spec.timeouts.connect)
         async with httpx.AsyncClient(timeout=timeout) as client:
             next_round = time.monotonic() + self.spec.health_interval
             while True:

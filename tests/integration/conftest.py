@@ -39,10 +39,11 @@ class RunningServer:
 
 
 def start_server(
-    tmp_dir: Path, *args: str, env: dict[str, str] | None = None, module: str = "gateway"
+    tmp_dir: Path, *args: str, env: dict[str, str] | None = None, module: str = "gateway", port: int | None = None
 ) -> RunningServer:
-    """`python -m <module> serve`: the gateway, or a test wrapper around its CLI (the repo is on the path)."""
-    port = free_port()
+    """`python -m <module> serve`: the gateway, or a test wrapper around its CLI (the repo is on the path).
+    `port`: a given one (a server restarted where its clients expect it), else a free one."""
+    port = port or free_port()
     log = tmp_dir / f"server-{port}.log"
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("GANTRY_")}
     python_path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
