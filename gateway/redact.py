@@ -43,3 +43,21 @@ def strip_paths(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [strip_paths(item) for item in value]
     return value
+
+
+# Keys that name where the server's own backends live (an upstream replica's URL, say): /admin shows them,
+# /v1 callers do not need them to use the model.
+_INTERNAL_KEYS = frozenset({"url", "last_error"})
+
+
+def public_details(details: dict[str, Any]) -> dict[str, Any]:
+    """What GET /v1/models/{id} shows of a model's details: no filesystem paths, no backend addresses."""
+
+    def drop_internal(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: drop_internal(item) for key, item in value.items() if key not in _INTERNAL_KEYS}
+        if isinstance(value, list):
+            return [drop_internal(item) for item in value]
+        return value
+
+    return strip_paths(drop_internal(details))

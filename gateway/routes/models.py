@@ -3,7 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from gateway.deps import RegistryDep
-from gateway.redact import strip_paths
+from gateway.redact import public_details
 from gateway.registry import ModelEntry, ModelRegistry
 from gateway.schemas.models import ModelCard, ModelList
 
@@ -22,7 +22,7 @@ def _cards(registry: ModelRegistry, entry: ModelEntry, *, details: bool) -> list
             status=entry.state.value,
             # state, progress, load time, last use, memory estimate, error (and the model's own details once loaded)
             # no server paths for API callers (/admin/models shows them to the operator)
-            details=strip_paths(registry.details(entry)) if details else None,
+            details=public_details(registry.details(entry)) if details else None,
         )
         for model_id in entry.spec.ids()
     ]

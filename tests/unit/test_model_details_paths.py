@@ -54,3 +54,17 @@ async def test_v1_model_details_show_file_names_not_paths(tmp_path) -> None:
 def test_api_routes_and_urls_are_not_paths() -> None:
     text = "GET /v1/models lists them; see https://example.com/a/b/c"
     assert strip_paths(text) == text
+
+
+def test_public_details_drop_backend_addresses_but_keep_health():
+    from gateway.redact import public_details
+
+    details = {
+        "upstream": {
+            "healthy_replicas": 1,
+            "replicas": [{"url": "http://10.0.0.5:8000/v1", "health": "up", "last_error": "connect to 10.0.0.5"}],
+        },
+        "source": "/srv/models/secret-dir/model.gguf",
+    }
+    shown = public_details(details)
+    assert shown == {"upstream": {"healthy_replicas": 1, "replicas": [{"health": "up"}]}, "source": "model.gguf"}
