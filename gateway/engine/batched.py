@@ -30,7 +30,6 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from contextlib import aclosing
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -42,6 +41,7 @@ from gateway.engine.chunked_prefill import ChunkScheduler
 from gateway.engine.detok import IncrementalDetokenizer
 from gateway.engine.kvcache import BatchKVCache, attention_mask_dtype, forward_last_logits
 from gateway.engine.logits import prompt_logprobs
+from gateway.engine.rows import Outbox, Seq, shared_prefix
 from gateway.engine.sampling import RowSampling, sample
 from gateway.engine.speed import output_vocab_size, release_free_memory
 from gateway.engine.threads import ThreadTuner
@@ -53,57 +53,6 @@ logger = logging.getLogger(__name__)
 MIN_SHARED_PREFIX = 8  # shorter common prompt prefixes are prefilled with the rest
 COALESCE_GAP_S = 0.005  # an idle engine waits this long for another request of the same burst ...
 COALESCE_MAX_S = 0.030  # ... but no longer than this in all
-
-
-def _shared_prefix(prompts: list[list[int]]) -> int:
-    """Tokens every prompt starts with, leaving each at least one token of its own (its first logits)."""
-    limit = min(len(p) for p in prompts) - 1
-    first = prompts[0]
-    n = 0
-    while n < limit and all(p[n] == first[n] for p in prompts):
-        n += 1
-    return n
-
-
-@dataclass(eq=False)
-class _Seq:
-    """One request inside the engine; touched by the engine thread, except `cancelled`."""
-
-    request: GenerationRequest
-    loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
-    cancelled: bool = False
-    history: list[int] = field(default_factory=list)  # prompt + generated ids (for penalties/processors)
-    generated: int = 0
-    sampling: RowSampling | None = None
-    detok: IncrementalDetokenizer | None = None
-    pending: list[int] = field(default_factory=list)  # ids not sent yet (their text is held back)
-    pending_logprobs: list[TokenLogprob] = field(default_factory=list)
-    failed: bool = False  # ended by its own error (already reported)
-
-
-class _Outbox:
-    """Deltas produced in one step, delivered with one thread-safe callback per event loop."""
-
-    def __init__(self) -> None:
-        self.items: dict[asyncio.AbstractEventLoop, list[tuple[_Seq, Any]]] = {}
-
-    def add(self, seq: _Seq, item: GenerationDelta | BaseException) -> None:
-        self.items.setdefault(seq.loop, []).append((seq, item))
-
-    def flush(self) -> None:
-        for loop, items in self.items.items():
-            try:
-                loop.call_soon_threadsafe(_deliver, items)
-            except RuntimeError:  # that event loop is closed: nobody is listening any more
-                for seq, _ in items:
-                    seq.cancelled = True
-        self.items = {}
-
-
-def _deliver(items: list[tuple[_Seq, Any]]) -> None:
-    for seq, item in items:
-        seq.queue.put_nowait(item)
 
 
 class BatchedEngine:
@@ -135,10 +84,10 @@ class BatchedEngine:
         self.cache = BatchKVCache(config.num_hidden_layers, self.device)
         self.tuner = ThreadTuner()
         self.chunking = ChunkScheduler(prefill_chunk_tokens)
-        self._active: list[_Seq] = []  # row i of the cache is _active[i]
-        self._waiting: deque[_Seq] = deque()
-        self._beams: deque[_Seq] = deque()  # beam-search requests, run one at a time between steps
-        self._seqs: dict[str, _Seq] = {}
+        self._active: list[Seq] = []  # row i of the cache is _active[i]
+        self._waiting: deque[Seq] = deque()
+        self._beams: deque[Seq] = deque()  # beam-search requests, run one at a time between steps
+        self._seqs: dict[str, Seq] = {}
         self._cond = threading.Condition()
         self._closed = False
         self._token_text: dict[int, str] = {}
@@ -161,7 +110,7 @@ class BatchedEngine:
         if self._closed:
             raise EngineError("The engine is shutting down.")
         self.admission.enter()  # raises OverloadedError before anything is yielded
-        seq = _Seq(request=request, loop=asyncio.get_running_loop())
+        seq = Seq(request=request, loop=asyncio.get_running_loop())
         self._seqs[request.request_id] = seq
         with self._cond:
             (self._beams if request.params.num_beams > 1 else self._waiting).append(seq)
@@ -193,7 +142,7 @@ class BatchedEngine:
                 break
             await asyncio.sleep(0.01)
 
-    def _prefilling(self) -> list[_Seq]:
+    def _prefilling(self) -> list[Seq]:
         current = self.chunking.current
         return [] if current is None else [current.seq]
 
@@ -238,7 +187,7 @@ class BatchedEngine:
                         break
                     admitted, dropped = self._take_waiting()
                     beam = self._beams.popleft() if self._beams else None
-                out = _Outbox()
+                out = Outbox()
                 for seq in dropped:
                     out.add(seq, GenerationDelta(finish_reason="abort"))
                 try:
@@ -267,7 +216,7 @@ class BatchedEngine:
                 if beam is not None:
                     self._run_beam(beam, out)
                     out.flush()
-            out = _Outbox()
+            out = Outbox()
             with self._cond:
                 for seq in [*self._active, *self._waiting, *self._beams, *self._prefilling()]:
                     out.add(seq, GenerationDelta(token_ids=seq.pending, finish_reason="abort"))
@@ -279,7 +228,7 @@ class BatchedEngine:
             self.cache.reset()
             self.tuner.restore()
 
-    def _run_beam(self, seq: _Seq, out: _Outbox) -> None:
+    def _run_beam(self, seq: Seq, out: Outbox) -> None:
         """One beam-search request, whole (see the module docstring); its errors are its own."""
         if seq.cancelled:
             out.add(seq, GenerationDelta(finish_reason="abort"))
@@ -328,7 +277,7 @@ class BatchedEngine:
                 break
             seen = len(self._waiting)
 
-    def _take_waiting(self) -> tuple[list[_Seq], list[_Seq]]:
+    def _take_waiting(self) -> tuple[list[Seq], list[Seq]]:
         """(requests that fit in the free slots and the prefill token budget, cancelled waiting ones)."""
         dropped = [seq for seq in self._waiting if seq.cancelled]
         if dropped:
@@ -339,7 +288,7 @@ class BatchedEngine:
             seq.request.timing.start()  # its queue wait ends here
         return taken, dropped
 
-    def _drop_cancelled(self, out: _Outbox) -> None:
+    def _drop_cancelled(self, out: Outbox) -> None:
         for row in range(len(self._active) - 1, -1, -1):
             seq = self._active[row]
             if seq.cancelled:
@@ -361,13 +310,13 @@ class BatchedEngine:
     def _forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return forward_last_logits(self.model, self.cache, input_ids, position_ids, mask, self._mask_dtype)
 
-    def _fail_row(self, seq: _Seq, exc: Exception, out: _Outbox) -> None:
+    def _fail_row(self, seq: Seq, exc: Exception, out: Outbox) -> None:
         """End one request with its own error; the rest of the batch carries on."""
         logger.warning("request %s failed in the engine: %s: %s", seq.request.request_id, type(exc).__name__, exc)
         seq.failed = True
         out.add(seq, exc)
 
-    def _start_row(self, seq: _Seq, out: _Outbox) -> bool:
+    def _start_row(self, seq: Seq, out: Outbox) -> bool:
         """Prompt logprobs and the row's own sampling state; False when it needs no decoding."""
         params = seq.request.params
         if params.prompt_logprobs is not None:
@@ -382,8 +331,8 @@ class BatchedEngine:
         seq.detok = IncrementalDetokenizer(self.tokenizer, skip_special_tokens=params.skip_special_tokens)
         return True
 
-    def _prefill(self, seqs: list[_Seq], out: _Outbox) -> None:
-        ready: list[_Seq] = []
+    def _prefill(self, seqs: list[Seq], out: Outbox) -> None:
+        ready: list[Seq] = []
         for seq in seqs:
             try:
                 if self._start_row(seq, out):
@@ -399,7 +348,7 @@ class BatchedEngine:
             self.chunking.start(self.cache, ready[0], ready[0].history)
             self.prefill_batches.append(1)
             return
-        shared = _shared_prefix([seq.history for seq in ready]) if len(ready) > 1 else 0
+        shared = shared_prefix([seq.history for seq in ready]) if len(ready) > 1 else 0
         if shared < MIN_SHARED_PREFIX:
             shared = 0
         if shared:  # e.g. the system prompt of a burst of chat requests: computed once, copied to each row
@@ -430,7 +379,7 @@ class BatchedEngine:
         self._active.extend(ready)
         self._advance(ready, logits, first, out)
 
-    def _prefill_chunk(self, out: _Outbox) -> None:
+    def _prefill_chunk(self, out: Outbox) -> None:
         """One chunk of the long prompt in progress; when it was the last, the row joins and gets its first token."""
         seq = self.chunking.current.seq  # type: ignore[union-attr]
         self.cache.lookahead = self._lookahead([*self._active, seq])
@@ -446,11 +395,11 @@ class BatchedEngine:
         return self.tuner.run("prefill", work, self._forward, *args)
 
     @staticmethod
-    def _lookahead(seqs: list[_Seq]) -> int:
+    def _lookahead(seqs: list[Seq]) -> int:
         """Decode steps these rows may still take: the cache grows no further than that."""
         return max(seq.request.params.max_new_tokens - seq.generated for seq in seqs)
 
-    def _decode(self, out: _Outbox) -> None:
+    def _decode(self, out: Outbox) -> None:
         self.cache.lookahead = self._lookahead(self._active)
         input_ids, position_ids, mask = self.cache.begin_decode()
         self.batch_size = len(self._active)
@@ -459,7 +408,7 @@ class BatchedEngine:
         self.steps += 1
         self._advance(list(self._active), logits, 0, out)
 
-    def _advance(self, seqs: list[_Seq], logits: torch.Tensor, first_row: int, out: _Outbox) -> None:
+    def _advance(self, seqs: list[Seq], logits: torch.Tensor, first_row: int, out: Outbox) -> None:
         """Sample one token for rows first_row.. (= seqs), stream it, and retire the rows that finished."""
         result = sample(logits, [seq.sampling for seq in seqs], lambda i: seqs[i].history)  # type: ignore[misc]
         self.cache.tokens[first_row : first_row + len(seqs)] = result.tokens
@@ -480,7 +429,7 @@ class BatchedEngine:
         for row in sorted(finished, reverse=True):
             self._remove(row)
 
-    def _step_row(self, seq: _Seq, token: int, logprob: tuple[float, list] | None) -> GenerationDelta | None:
+    def _step_row(self, seq: Seq, token: int, logprob: tuple[float, list] | None) -> GenerationDelta | None:
         """Record one sampled token of a row; the delta to send (None while its text is held back)."""
         seq.generated += 1
         seq.history.append(token)
@@ -519,7 +468,7 @@ class BatchedEngine:
             top=tuple((self._text_of(i), lp) for i, lp in top),
         )
 
-    def _prompt_logprobs(self, seq: _Seq) -> list[TokenLogprob]:
+    def _prompt_logprobs(self, seq: Seq) -> list[TokenLogprob]:
         ids = list(seq.request.prompt_ids)
         k = seq.request.params.prompt_logprobs or 0
         first = TokenLogprob(token_id=ids[0], token=self._text_of(ids[0]), logprob=None)

@@ -40,7 +40,7 @@ MIN_INTERLEAVED_CHUNK = 32
 class PendingPrefill:
     """One prompt being prefilled a chunk per step."""
 
-    seq: Any  # the engine's _Seq
+    seq: Any  # the engine's Seq (gateway/engine/rows.py)
     prompt: list[int]
     done: int = 0  # prompt positions already in the cache
 
