@@ -170,6 +170,18 @@ class OverloadedError(GatewayError):
         return {"Retry-After": str(self.retry_after)}
 
 
+class LimitStorageUnavailableError(GatewayError):
+    """The shared rate-limit storage (Redis) cannot be reached: requests are refused (fail closed) as a 503,
+    so a client retries instead of reading it as its own fault."""
+
+    status_code = 503
+    error_type = "service_unavailable"
+    default_code = "rate_limit_storage_unavailable"
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "5"}
+
+
 class ShuttingDownError(GatewayError):
     """The server is shutting down: new requests are refused, and requests past the grace period end with this."""
 

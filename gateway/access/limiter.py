@@ -13,6 +13,7 @@ Counting uses the `limits` library (memory in this process, or Redis shared by e
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 import uuid
@@ -25,7 +26,9 @@ from limits.aio.strategies import MovingWindowRateLimiter, SlidingWindowCounterR
 from limits.storage import storage_from_string
 
 from gateway.access.principal import KeyLimits
-from gateway.errors import RateLimitError
+from gateway.errors import LimitStorageUnavailableError, RateLimitError
+
+logger = logging.getLogger(__name__)
 
 CONCURRENCY_LEASE_SECONDS = 3600.0  # a Redis slot of a replica that died is freed after this long
 
@@ -120,7 +123,17 @@ class RateLimiter:
         return RateLimitItemPerSecond(amount, self.window, namespace=f"gantry-{what}")
 
     async def admit(self, name: str, limits: KeyLimits) -> Admission:
-        """Admit a request of key `name` or raise RateLimitError (429) naming the limit it hit."""
+        """Admit a request of key `name` or raise RateLimitError (429) naming the limit it hit; 503 when the
+        storage cannot be reached (limits are never skipped silently)."""
+        try:
+            return await self._admit(name, limits)
+        except RateLimitError:
+            raise
+        except Exception as exc:  # redis-py / limits raise several types for an unreachable server
+            logger.error("rate-limit storage unavailable (%s): refusing key %s's request", type(exc).__name__, name)
+            raise LimitStorageUnavailableError("The rate-limit storage is unavailable; retry shortly.") from exc
+
+    async def _admit(self, name: str, limits: KeyLimits) -> Admission:
         headers: dict[str, str] = {}
         now = time.time()
         if limits.tpm is not None:
@@ -159,10 +172,15 @@ class RateLimiter:
         if limits.tpm is None or tokens <= 0:
             return
         item = self._item(limits.tpm, "tokens")
-        for _ in range(3):  # another request may charge between reading what is left and charging it
-            left = (await self.tokens.get_window_stats(item, name)).remaining
-            if left <= 0 or await self.tokens.hit(item, name, cost=min(tokens, left)):
-                return
+        try:
+            for _ in range(3):  # another request may charge between reading what is left and charging it
+                left = (await self.tokens.get_window_stats(item, name)).remaining
+                if left <= 0 or await self.tokens.hit(item, name, cost=min(tokens, left)):
+                    return
+        except Exception as exc:  # the answer is already on its way: count what we can, never fail it
+            logger.error(
+                "rate-limit storage unavailable (%s): %d tokens of key %s not counted", type(exc).__name__, tokens, name
+            )
 
 
 def _headers(what: str, limit: int, remaining: int, reset_seconds: float) -> dict[str, str]:

@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.access.keys import KeyStore
 from gateway.access.limiter import Admission, RateLimiter
 from gateway.access.principal import ANONYMOUS, Principal, acting_as
-from gateway.errors import AuthenticationError, RateLimitError
+from gateway.errors import AuthenticationError, LimitStorageUnavailableError, RateLimitError
 from gateway.middleware import send_error
 
 logger = logging.getLogger(__name__)
@@ -166,6 +166,9 @@ class AccessMiddleware:
             logger.info("rate limited: key %s (%s)", name, exc.message)
             await send_error(send, exc, scope)
             return
+        except LimitStorageUnavailableError as exc:
+            await send_error(send, exc, scope)
+            return
         record = scope.get("state", {}).get("record")
         extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in admission.headers.items()]
         charged = False
@@ -190,4 +193,7 @@ class AccessMiddleware:
                 await charge()  # a response cut short still used its tokens
             finally:
                 if admission.release is not None:
-                    await admission.release()
+                    try:
+                        await admission.release()
+                    except Exception:  # Redis gone: the slot's lease expires on its own
+                        logger.exception("could not release a concurrency slot of key %s", name)

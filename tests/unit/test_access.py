@@ -296,3 +296,20 @@ async def test_callers_without_a_key_share_the_default_limits(tmp_path: Path) ->
         assert_envelope(await gw.client.post("/v1/chat/completions", json=chat_body("pub")), 429)
         keyed = await gw.client.post("/v1/chat/completions", json=chat_body("pub"), headers=auth("plain-key"))
         assert keyed.status_code == 200  # a key has its own budget
+
+
+async def test_unreachable_redis_storage_is_a_503_not_a_500():
+    import socket
+
+    from gateway.access.limiter import RateLimiter
+    from gateway.access.principal import KeyLimits
+    from gateway.errors import LimitStorageUnavailableError
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    limiter = RateLimiter(f"redis://127.0.0.1:{port}/0", 60)
+    with pytest.raises(LimitStorageUnavailableError) as raised:
+        await limiter.admit("team", KeyLimits(rpm=5, tpm=100, max_concurrent=2))
+    assert raised.value.status_code == 503 and raised.value.headers()["Retry-After"]
+    await limiter.charge("team", KeyLimits(tpm=100), 10)  # a finished answer is never failed by the storage
