@@ -82,7 +82,11 @@ class ThreadTuner:
         """Set the thread count for a call of this phase; `record` its time afterwards (what `run` does, for
         steps taken inside a library loop, e.g. transformers' beam search)."""
         state = self.phases.setdefault(phase, _Phase(self.candidates))
-        n = state.pick(explore=work <= EXPLORE_MAX_WORK) if len(self.candidates) > 1 else self.candidates[0]
+        if len(self.candidates) > 1:
+            n = state.pick(explore=work <= EXPLORE_MAX_WORK)
+        else:  # nothing to choose (one core, or torch set to one thread); still counted
+            state.calls += 1
+            n = self.candidates[0]
         if n != self._current:
             torch.set_num_threads(n)
             self._current = n

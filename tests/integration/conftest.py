@@ -100,3 +100,13 @@ def chat(client: openai.OpenAI, content: str = "What is the capital of France?",
     kwargs.setdefault("temperature", 0)
     kwargs.setdefault("max_tokens", 24)
     return client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": content}], **kwargs)
+
+
+@pytest.fixture
+def hub_client_reaches_localhost(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`huggingface_hub.InferenceClient` refuses every URL under HF_HUB_OFFLINE=1 (which `make test` sets so that
+    nothing downloads weights), even 127.0.0.1: let it reach our own server for the test's duration. Model
+    loading in the servers stays offline (their environment is their own)."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)

@@ -215,6 +215,7 @@ def test_question_answering_returns_a_span_of_the_context(server: RunningServer)
     assert [a["score"] for a in top[0]] == sorted((a["score"] for a in top[0]), reverse=True)
 
 
+@pytest.mark.usefixtures("hub_client_reaches_localhost")
 def test_huggingface_hub_inference_client(server: RunningServer, dirs: dict[str, Path]) -> None:
     from huggingface_hub import InferenceClient
 

@@ -224,6 +224,7 @@ def test_bad_uploads_get_4xx_and_the_server_stays_healthy(speech: Speech, tmp_pa
     assert transcribe(speech).text == speech.expected()["text"]
 
 
+@pytest.mark.usefixtures("hub_client_reaches_localhost")
 def test_inference_client_automatic_speech_recognition(speech: Speech) -> None:
     from huggingface_hub import InferenceClient
 

@@ -104,13 +104,17 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
 
 
 @pytest.fixture(scope="module")
-def gpt2_reference(tiny: RunningServer) -> Any:
+def gpt2_reference(tiny: RunningServer) -> Iterator[Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = tiny.log.parent / GPT2
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # speed only (a busy CPU); a 16-wide model's matmuls do not split their sums
-    return AutoTokenizer.from_pretrained(source), AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    try:
+        yield AutoTokenizer.from_pretrained(source), AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    finally:
+        torch.set_num_threads(threads)  # the rest of the session's tests keep their thread count
 
 
 # ---- tests -----------------------------------------------------------------------------------------
