@@ -70,6 +70,18 @@ def _lone_surrogate_path(value: Any) -> str | None:
     return None
 
 
+def reject_lone_surrogates(value: Any, info: Any) -> Any:
+    """A field validator's body: "\\ud800" is valid JSON but no tokenizer can encode it."""
+    path = _lone_surrogate_path(value)
+    if path is not None:
+        raise PydanticCustomError(
+            "unicode_surrogate",
+            "Invalid text at '{where}': a lone UTF-16 surrogate (such as \\ud800) is not a character",
+            {"where": f"{info.field_name}{path}"},
+        )
+    return value
+
+
 def _system_fingerprint() -> str:
     """The server build, as llama.cpp reports its build: OpenAI's schema wants a string here, never null."""
     try:
@@ -101,14 +113,7 @@ class OpenAIRequest(BaseModel):
     @classmethod
     def _encodable_text(cls, value: Any, info: Any) -> Any:
         # One place for every text field of chat and completions (prompt, messages, stop, tools, ...).
-        path = _lone_surrogate_path(value)
-        if path is not None:
-            raise PydanticCustomError(
-                "unicode_surrogate",
-                "Invalid text at '{where}': a lone UTF-16 surrogate (such as \\ud800) is not a character",
-                {"where": f"{info.field_name}{path}"},
-            )
-        return value
+        return reject_lone_surrogates(value, info)
 
     def log_ignored_fields(self) -> None:
         if self.model_extra:

@@ -10,9 +10,8 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, field_validator
-from pydantic_core import PydanticCustomError
 
-from gateway.schemas.common import _lone_surrogate_path
+from gateway.schemas.common import reject_lone_surrogates
 
 _STRICT = ConfigDict(extra="forbid")
 
@@ -23,15 +22,7 @@ class _TutorialRequest(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _encodable_text(cls, value: Any, info: Any) -> Any:
-        # The same check as the OpenAI requests: "\ud800" is valid JSON but no tokenizer can encode it.
-        path = _lone_surrogate_path(value)
-        if path is not None:
-            raise PydanticCustomError(
-                "unicode_surrogate",
-                "Invalid text at '{where}': a lone UTF-16 surrogate (such as \\ud800) is not a character",
-                {"where": f"{info.field_name}{path}"},
-            )
-        return value
+        return reject_lone_surrogates(value, info)  # the same check as the OpenAI requests
 
 
 Pair = Annotated[list[StrictStr], Field(min_length=2, max_length=2)]
