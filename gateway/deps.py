@@ -1,4 +1,8 @@
-"""FastAPI dependencies: services and registry live on app.state (set in the lifespan)."""
+"""FastAPI dependencies: services and registry live on app.state (set in the lifespan).
+
+All `async def`: FastAPI runs a plain `def` dependency in its thread pool, and each such hop waits for the GIL
+(up to its 5 ms switch interval while an engine thread runs Python), which measurably delayed requests.
+"""
 
 from __future__ import annotations
 
@@ -14,25 +18,25 @@ from gateway.services.tokenize import TokenizeService
 from gateway.settings import Settings
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def _registry(request: Request) -> ModelRegistry:
+async def _registry(request: Request) -> ModelRegistry:
     return request.app.state.registry
 
 
-def _wait_for_model(request: Request) -> bool:
+async def _wait_for_model(request: Request) -> bool:
     """`x-wait-for-model: true` (the Inference API's options.wait_for_model): wait for a loading model
     instead of getting 503 model_loading."""
     return request.headers.get("x-wait-for-model", "").strip().lower() in ("true", "1", "yes")
 
 
-def _chat(request: Request) -> ChatService:
+async def _chat(request: Request) -> ChatService:
     return request.app.state.chat_service
 
 
-def _completions(request: Request) -> CompletionService:
+async def _completions(request: Request) -> CompletionService:
     return request.app.state.completion_service
 
 
@@ -43,11 +47,11 @@ ChatServiceDep = Annotated[ChatService, Depends(_chat)]
 CompletionServiceDep = Annotated[CompletionService, Depends(_completions)]
 
 
-def _embeddings(request: Request) -> EmbeddingService:
+async def _embeddings(request: Request) -> EmbeddingService:
     return request.app.state.embedding_service
 
 
-def _tokenize(request: Request) -> TokenizeService:
+async def _tokenize(request: Request) -> TokenizeService:
     return request.app.state.tokenize_service
 
 

@@ -15,7 +15,7 @@ from gateway.services.audio import AudioService
 router = APIRouter(prefix="/v1/audio", tags=["openai"])
 
 
-def _service(request: Request) -> AudioService:
+async def _service(request: Request) -> AudioService:
     return request.app.state.audio_service
 
 
