@@ -15,7 +15,7 @@ from gateway.access.setup import install_access
 from gateway.access_log import AccessLog, PromptCaptureMiddleware
 from gateway.audio.body import audio_body_rules
 from gateway.errors import install_error_handlers
-from gateway.metrics import GatewayMetrics
+from gateway.metrics.gateway_metrics import GatewayMetrics
 from gateway.middleware import (
     BodySizeLimitMiddleware,
     EnvelopeCORSMiddleware,

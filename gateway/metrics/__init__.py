@@ -1,5 +1,5 @@
-"""Prometheus metrics for one app (GET /metrics): see gateway/metrics/gateway_metrics.py."""
+"""Prometheus metrics for one app (GET /metrics): gateway/metrics/gateway_metrics.py.
 
-from gateway.metrics.gateway_metrics import GatewayMetrics
-
-__all__ = ["GatewayMetrics"]
+Kept free of imports so that `gateway.metrics.buckets` can be used from the engines and upstream pools
+without pulling in the registry.
+"""

@@ -27,23 +27,11 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from gateway.accounting import RequestRecord
+from gateway.metrics.buckets import INTER_TOKEN_BUCKETS, REQUEST_LATENCY_BUCKETS, TTFT_BUCKETS
+from gateway.metrics.upstream_metrics import replica_families
 from gateway.registry import ModelRegistry, ModelState
 
 logger = logging.getLogger(__name__)
-
-# vLLM's buckets (vllm/v1/metrics/loggers.py), so dashboards and alerts written for vLLM read these the same way.
-TTFT_BUCKETS = (
-    *(0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75),
-    *(1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0),
-)
-INTER_TOKEN_BUCKETS = (
-    *(0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5),
-    *(0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0),
-)
-REQUEST_LATENCY_BUCKETS = (
-    *(0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0),
-    *(30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0),
-)
 
 UNMATCHED_ROUTE = "unmatched"  # a path no route serves: one label, however many paths clients try
 NO_MODEL = "none"
@@ -200,6 +188,7 @@ class ModelsCollector(Collector):
                 if key in by_key:
                     by_key[key].add_metric([entry.name, *tail], float(value))
         yield from (state, load, running, waiting, batch, kv)
+        yield from replica_families(self.models.entries(), self.pid)
 
 
 def engine_snapshot(handle: Any) -> dict[str, float]:

@@ -20,9 +20,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from gateway.metrics.buckets import TTFT_BUCKETS, BucketCounts
 from gateway.specs import UpstreamReplica, UpstreamSpec
 
 logger = logging.getLogger(__name__)
+
+
+REPLICA_STATES = ("up", "down", "ejected")  # what Replica.state returns
 
 
 def base_url(url: str) -> str:
@@ -54,7 +58,8 @@ class Replica:
     last_error: str | None = None
     last_check: float | None = None  # wall clock of the last health check
     context_length: int | None = None  # the upstream's max_model_len for `model`, when it reports one
-    probing: bool = field(default=False, repr=False)
+    # seconds to each successful answer (to its first event when streamed): gantry_upstream_replica_latency_seconds
+    latency: BucketCounts = field(default_factory=lambda: BucketCounts(TTFT_BUCKETS), repr=False)
 
     def available(self, now: float) -> bool:
         return self.healthy and now >= self.ejected_until
@@ -118,6 +123,7 @@ class ReplicaPool:
     # ---- outcomes -----------------------------------------------------------------------------------
     def succeeded(self, replica: Replica, latency: float) -> None:
         replica.consecutive_failures, replica.last_latency, replica.healthy = 0, latency, True
+        replica.latency.observe(latency)
 
     def failed(self, replica: Replica, error: str) -> None:
         """A connect error, timeout or 5xx: counts toward ejection."""

@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest import MODEL, RunningServer, start_server, stop_server
 
@@ -40,6 +41,18 @@ class Cluster:
         data = httpx.get(self.front.url + "/admin/models", headers=ADMIN, timeout=10).json()["data"]
         entry = next(m for m in data if m["id"] == model)
         return [r["health"] for r in entry["upstream"]["replicas"]]
+
+    def metric_state(self, index: int) -> str:
+        """The replica's health as /metrics shows it (gantry_upstream_replica_state)."""
+        text = httpx.get(self.front.url + "/metrics", headers=ADMIN, timeout=10).text
+        replica = self.replicas[index].base_url
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                labels = sample.labels
+                if sample.name == "gantry_upstream_replica_state" and sample.value == 1:
+                    if labels["model"] == "remote-smol" and labels["replica"] == replica:
+                        return labels["state"]
+        raise AssertionError(f"no gantry_upstream_replica_state series for {replica}")
 
     def wait_health(self, index: int, states: tuple[str, ...], timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
@@ -212,9 +225,11 @@ def test_killed_replica_is_ejected_then_comes_back(client: openai.OpenAI, cluste
     streamed = list(client.chat.completions.create(model="remote-smol", messages=QUESTION, max_tokens=3, stream=True))
     assert streamed[-1].choices[0].finish_reason is not None
     cluster.wait_health(1, ("down", "ejected"))
-    assert cluster.health()[0] == "up"
+    assert cluster.metric_state(1) in ("down", "ejected")
+    assert cluster.health()[0] == "up" and cluster.metric_state(0) == "up"
     cluster.restart(1)
     cluster.wait_health(1, ("up",))
+    assert cluster.metric_state(1) == "up"
 
 
 def test_all_down_uses_fallback_else_503(cluster: Cluster) -> None:

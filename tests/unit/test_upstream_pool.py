@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from types import SimpleNamespace
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
 from pydantic import ValidationError
 
+from gateway.metrics.upstream_metrics import replica_families
 from gateway.specs import UpstreamSpec, parse_spec
 from gateway.upstream.errors import error_fields, relayed_error, stream_error_event
+from gateway.upstream.kind import UpstreamHandle
 from gateway.upstream.replicas import ReplicaPool, base_url, shown_url
 
 
@@ -88,3 +94,42 @@ def test_stream_errors_are_recognised_but_chunks_are_not() -> None:
     assert stream_error_event({"choices": [], "model": "m"}) is None
     event = stream_error_event({"detail": "engine died"})
     assert event == {"error": {"message": "engine died", "type": "upstream_error", "param": None, "code": None}}
+
+
+def test_replica_series_reach_prometheus_exposition() -> None:
+    """Requests, errors, health state and latency per replica, as a scrape renders them."""
+    handle = UpstreamHandle(spec(eject_after=1, cooldown=60))
+    first, second = handle.pool.replicas
+    for latency in (0.004, 0.3, 7.0):
+        first.requests += 1
+        handle.pool.succeeded(first, latency)
+    second.requests += 1
+    handle.pool.failed(second, "connect error")
+
+    class Scraped(Collector):
+        def collect(self):
+            return replica_families([SimpleNamespace(name="remote", served=handle)], pid=None)
+
+    registry = CollectorRegistry()
+    registry.register(Scraped())
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(generate_latest(registry).decode())
+        for s in family.samples
+    }
+
+    def value(name: str, replica: str, **labels: str) -> float:
+        return samples[(name, tuple(sorted({"model": "remote", "replica": replica, **labels}.items())))]
+
+    a, b = "http://a:1/v1", "http://b:1/v1"
+    assert value("gantry_upstream_replica_requests_total", a) == 3
+    assert value("gantry_upstream_replica_errors_total", b) == 1
+    assert value("gantry_upstream_replica_state", a, state="up") == 1
+    assert value("gantry_upstream_replica_state", b, state="ejected") == 1
+    assert value("gantry_upstream_replica_state", b, state="up") == 0
+    assert value("gantry_upstream_replica_latency_seconds_bucket", a, le="0.005") == 1
+    assert value("gantry_upstream_replica_latency_seconds_bucket", a, le="0.5") == 2
+    assert value("gantry_upstream_replica_latency_seconds_bucket", a, le="+Inf") == 3
+    assert value("gantry_upstream_replica_latency_seconds_count", a) == 3
+    assert value("gantry_upstream_replica_latency_seconds_sum", a) == pytest.approx(7.304)
+    assert value("gantry_upstream_replica_latency_seconds_count", b) == 0
