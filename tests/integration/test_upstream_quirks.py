@@ -1,6 +1,7 @@
 """A front gateway in front of a quirky upstream (no [DONE], `{"detail"}` errors, 422), a hanging one and a
 dead one: real processes on 127.0.0.1, no model weights (the upstreams are tests/integration/quirky_upstream.py,
-a small uvicorn server of its own — `transformers serve` would cost a model load here)."""
+a small uvicorn server of its own; `transformers serve` itself is the upstream in
+test_upstream_transformers_serve.py)."""
 
 from __future__ import annotations
 
