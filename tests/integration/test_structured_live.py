@@ -1,8 +1,13 @@
-"""Structured output on the real SmolLM2-135M: JSON always parses and validates, stream and not."""
+"""Structured output on the real SmolLM2-135M: JSON always parses and validates, stream and not.
+
+The 20 prompts of a case are sent at once: the server decodes them in one batch, each row with its own
+grammar (what a shared server sees), and the case takes a fifth of the time it took one by one.
+"""
 
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import jsonschema
 import openai
@@ -61,11 +66,19 @@ def ask(client: openai.OpenAI, prompt: str, response_format: dict, stream: bool)
     return text, [c.choices[0].finish_reason for c in chunks if c.choices][-1]
 
 
+def ask_all(client: openai.OpenAI, prompts: list[str], response_format: dict, stream: bool) -> list:
+    """(prompt, text, finish_reason) of every prompt, all sent concurrently."""
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        answers = list(pool.map(lambda prompt: ask(client, prompt, response_format, stream), prompts))
+    return [(prompt, *answer) for prompt, answer in zip(prompts, answers, strict=True)]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
 def test_json_object_always_parses(client: openai.OpenAI, stream: bool) -> None:
-    for prompt in PROMPTS:
-        text, finish = ask(client, f"{prompt} Answer in JSON.", {"type": "json_object"}, stream)
+    for prompt, text, finish in ask_all(
+        client, [f"{p} Answer in JSON." for p in PROMPTS], {"type": "json_object"}, stream
+    ):
         assert finish == "stop", (prompt, text)
         assert isinstance(json.loads(text), dict), (prompt, text)
 
@@ -74,8 +87,8 @@ def test_json_object_always_parses(client: openai.OpenAI, stream: bool) -> None:
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
 def test_json_schema_always_validates(client: openai.OpenAI, stream: bool) -> None:
     response_format = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}}
-    for prompt in PROMPTS:
-        text, finish = ask(client, f"Invent a person related to this: {prompt}", response_format, stream)
+    prompts = [f"Invent a person related to this: {p}" for p in PROMPTS]
+    for prompt, text, finish in ask_all(client, prompts, response_format, stream):
         assert finish == "stop", (prompt, text)
         jsonschema.validate(json.loads(text), PERSON)
 
