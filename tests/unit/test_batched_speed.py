@@ -7,6 +7,7 @@ import time
 import pytest
 import torch
 
+from gateway.engine import speed
 from gateway.engine.batch_support import batched_support
 from gateway.engine.factory import build_engine
 from gateway.engine.speed import INT8_SKIP, PackedLinear, can_prepack, output_vocab_size, prepack_linears, quantize_int8
@@ -37,13 +38,22 @@ def test_prepacked_linears_keep_the_math_and_are_batch_invariant(anyio_backend: 
         after = model(ids).logits
         hidden = model.model(ids).last_hidden_state
         alone = torch.cat([model.model(ids[i : i + 1]).last_hidden_state for i in range(4)])
-    assert packed == 2 * 7  # every Linear of the two layers; the tied fp32 lm_head stays
-    assert type(model.get_output_embeddings()) is torch.nn.Linear
+    assert packed == 2 * 7 + 1  # every Linear of the two layers, and the small tied lm_head (held twice)
+    assert isinstance(model.get_output_embeddings(), PackedLinear)
+    assert type(model.get_input_embeddings()) is torch.nn.Embedding  # lookups keep the unpacked table
     assert torch.allclose(before, after, atol=1e-4, rtol=1e-4)
     assert torch.equal(hidden, alone)  # through packed layers a row does not depend on its neighbours
     assert isinstance(model.model.layers[0].mlp.down_proj, PackedLinear)
     assert output_vocab_size(model) == len(gpt2_tokenizer())
     assert batched_support(model) is None
+
+
+def test_a_large_tied_fp32_head_stays_unpacked(monkeypatch: pytest.MonkeyPatch, anyio_backend: str) -> None:
+    monkeypatch.setattr(speed, "TIED_HEAD_PACK_MAX_BYTES", 0)  # the tiny table counts as large
+    model = fresh_tiny(tie_word_embeddings=True)
+    assert prepack_linears(model) == 2 * 7
+    assert type(model.get_output_embeddings()) is torch.nn.Linear
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
 
 
 def test_int8_quantizes_all_but_the_mlp_output_projection(anyio_backend: str) -> None:
