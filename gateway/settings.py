@@ -107,6 +107,11 @@ class Settings(BaseSettings, AccessSettings):  # AccessSettings: keys, limits, t
     prepack: bool = Field(
         default=True, description="Pre-pack Linear weights for oneDNN on CPU (same math, faster decode)."
     )
+    prepack_tied_head: bool = Field(
+        default=True,
+        description="Also pre-pack an fp32 output layer tied to the embeddings (≤256 MiB): the matrix is held "
+        "twice (SmolLM2-135M: +113 MB) for 1.13x faster decode at 8 streams; false where memory is tight.",
+    )
     sampling: SamplingDefaults = Field(
         default_factory=SamplingDefaults,
         description='Sampling defaults as JSON, e.g. {"temperature": 0.7, "top_p": 0.95}; requests override them, '
@@ -312,6 +317,7 @@ class Settings(BaseSettings, AccessSettings):  # AccessSettings: keys, limits, t
             quantization=self.quantization,
             compile=self.compile,
             prepack=self.prepack,
+            prepack_tied_head=self.prepack_tied_head,
             sampling=self.sampling,
             default_max_tokens=self.default_max_tokens,
         )

@@ -164,6 +164,11 @@ class ModelSpec(SpecBase):
         default=True,
         description="On CPU, pre-pack Linear weights for oneDNN (same dtype and math; ~1.5-2x faster decode).",
     )
+    prepack_tied_head: bool = Field(
+        default=True,
+        description="With prepack: also pack an fp32 output layer tied to the embeddings (up to 256 MiB), holding "
+        "that matrix twice: SmolLM2-135M +113 MB for 1.13x faster decode at 8 streams. Off for tight memory.",
+    )
     sampling: SamplingDefaults = Field(
         default_factory=SamplingDefaults,
         description="Defaults for temperature/top_p/top_k/min_p/repetition_penalty where a request sets none; "

@@ -183,7 +183,7 @@ def load_model(spec: ModelSpec, model_dir: Path, tokenizer: Any, *, trust_remote
     if spec.quantization == "int8":
         quantized = quantize_int8(model)
     if spec.prepack and can_prepack(model):
-        packed = prepack_linears(model)  # the Linear layers int8 left alone, if any
+        packed = prepack_linears(model, tied_head=spec.prepack_tied_head)  # what int8 left alone
     if spec.compile:
         compile_forward(model)
     config = model.config.to_dict()

@@ -125,7 +125,7 @@ def can_prepack(model: Any) -> bool:
 TIED_HEAD_PACK_MAX_BYTES = 256 << 20  # a tied fp32 output layer up to this size is packed (held twice)
 
 
-def prepack_linears(model: Any) -> int:
+def prepack_linears(model: Any, *, tied_head: bool = True) -> int:
     """Swap every nn.Linear for a PackedLinear; a large fp32 output layer tied to the embeddings stays as is.
 
     A tied lm_head shares its weight with the embedding table, which lookups still need unpacked, so
@@ -133,13 +133,15 @@ def prepack_linears(model: Any) -> int:
     the output layer is the largest matrix a decode step reads: on an AVX2 EPYC, [49152 x 576] fp32 took
     48 ms unpacked vs 14.5 ms packed at 8 rows (20 vs 10.7 ms at 1 row), ~17% of a decode step of 8 rows.
     Above TIED_HEAD_PACK_MAX_BYTES in fp32 (Gemma-3's 262k-token table: 671 MB) the copy costs more memory
-    than it is worth, and the head stays unpacked. Afterwards every remaining tensor is copied off the
-    memory-mapped checkpoint so the replaced weights' file pages leave the process as well.
+    than it is worth, and the head stays unpacked (as it does with `tied_head=False`). Afterwards every
+    remaining tensor is copied off the memory-mapped checkpoint so the replaced weights' file pages leave
+    the process as well.
     """
     output = model.get_output_embeddings()
     inputs = model.get_input_embeddings()
     tied = output is not None and inputs is not None and getattr(output, "weight", None) is inputs.weight
-    keep_tied = tied and inputs.weight.dtype == torch.float32 and inputs.weight.nbytes > TIED_HEAD_PACK_MAX_BYTES
+    leave_head = not tied_head or inputs.weight.nbytes > TIED_HEAD_PACK_MAX_BYTES
+    keep_tied = tied and inputs.weight.dtype == torch.float32 and leave_head
     count = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):

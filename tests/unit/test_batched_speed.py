@@ -54,6 +54,10 @@ def test_a_large_tied_fp32_head_stays_unpacked(monkeypatch: pytest.MonkeyPatch, 
     assert prepack_linears(model) == 2 * 7
     assert type(model.get_output_embeddings()) is torch.nn.Linear
     assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    monkeypatch.undo()
+    model = fresh_tiny(tie_word_embeddings=True)
+    assert prepack_linears(model, tied_head=False) == 2 * 7  # prepack_tied_head: false (tight memory)
+    assert type(model.get_output_embeddings()) is torch.nn.Linear
 
 
 def test_int8_quantizes_all_but_the_mlp_output_projection(anyio_backend: str) -> None:
