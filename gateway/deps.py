@@ -1,7 +1,7 @@
 """FastAPI dependencies: services and registry live on app.state (set in the lifespan).
 
 All `async def`: FastAPI runs a plain `def` dependency in its thread pool, and each such hop waits for the GIL
-(up to its 5 ms switch interval while an engine thread runs Python), which measurably delayed requests.
+(up to its 5 ms switch interval while an engine thread runs Python) on every request.
 """
 
 from __future__ import annotations

@@ -33,20 +33,20 @@ class BucketCounts:
     """
 
     bounds: tuple[float, ...] = TTFT_BUCKETS
-    counts: list[int] = field(default_factory=list)  # per bucket, not cumulative; the last one is +Inf
+    counts: list[int] = field(init=False)  # per bucket, not cumulative; the last one is +Inf
     total: float = 0.0
 
+    def __post_init__(self) -> None:
+        self.counts = [0] * (len(self.bounds) + 1)
+
     def observe(self, value: float) -> None:
-        if not self.counts:
-            self.counts = [0] * (len(self.bounds) + 1)
         self.counts[bisect.bisect_left(self.bounds, value)] += 1
         self.total += value
 
     def cumulative(self) -> list[tuple[str, float]]:
         """(le, cumulative count) pairs, +Inf last, as HistogramMetricFamily takes them."""
-        counts = self.counts or [0] * (len(self.bounds) + 1)
         pairs, running = [], 0
-        for bound, count in zip((*map(str, self.bounds), "+Inf"), counts, strict=True):
+        for bound, count in zip((*map(str, self.bounds), "+Inf"), self.counts, strict=True):
             running += count
             pairs.append((bound, float(running)))
         return pairs

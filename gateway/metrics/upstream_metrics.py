@@ -1,5 +1,6 @@
 """Per-replica series of `kind: upstream` models, read at scrape time from each loaded entry's replica pool
-(`replica_series()` on its handle): requests, errors, outstanding requests, health state and latency.
+(`replica_series()` on its handle: each replica as /admin describes it, plus its latency histogram): requests,
+errors, outstanding requests, health state and latency.
 
 Labels: `model` (the entry's id) and `replica` (its URL without credentials or query), plus `pid` in
 multiprocess mode like the other scrape-time gauges.
@@ -44,12 +45,12 @@ def replica_families(entries: Iterable[Any], pid: str | None) -> Iterator[Metric
         if not callable(series):
             continue
         for replica in series():
-            key = [entry.name, replica["replica"]]
+            key = [entry.name, replica["url"]]
             requests.add_metric([*key, *tail], replica["requests"])
             errors.add_metric([*key, *tail], replica["errors"])
             outstanding.add_metric([*key, *tail], replica["outstanding"])
             for each in REPLICA_STATES:
-                state.add_metric([*key, each, *tail], 1.0 if replica["state"] == each else 0.0)
+                state.add_metric([*key, each, *tail], 1.0 if replica["health"] == each else 0.0)
             counts = replica["latency"]
             latency.add_metric([*key, *tail], counts.cumulative(), counts.total)
     yield from (requests, errors, outstanding, state, latency)

@@ -73,14 +73,13 @@ class Forwarder:
         self.spec = pool.spec
         self._client: httpx.AsyncClient | None = None
 
-    @property
-    def client(self) -> httpx.AsyncClient:
-        if self._client is None:  # on the event loop: an AsyncClient must not be built in the loading thread
+    def open(self) -> httpx.AsyncClient:
+        """The pooled client, built on first use; on the event loop (not in the loading thread)."""
+        if self._client is None:
             t = self.spec.timeouts
-            # httpx's API on aiohttp's connection pool (httpx-aiohttp, as LiteLLM does): httpcore + anyio cost
-            # ~2 ms of event-loop time per request here, enough to spread a burst of requests beyond the
-            # replica's coalescing window (measured: 8 concurrent requests reached the replica 3-10 ms apart,
-            # ≤3 ms with this transport; the front added 4.6 ms to a lone request, 2 ms with it).
+            # httpx's API on aiohttp's connection pool (httpx-aiohttp, as LiteLLM does). With httpcore's pool a
+            # burst of 8 requests reached the replica 3-10 ms apart, beyond its coalescing window, and ≤3 ms
+            # apart with this one; a lone request's front median went 4.6 -> 4.2 ms (direct: ~2 ms).
             limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
             self._client = httpx.AsyncClient(
                 timeout=httpx.Timeout(t.total, connect=t.connect), transport=AiohttpTransport(limits=limits)
@@ -154,9 +153,10 @@ class Forwarder:
         if (record := current_record()) is not None:
             headers["x-request-id"] = record.request_id  # one id across the front and the replica's logs
         url = replica.url + PATHS[capability]
-        request = self.client.build_request("POST", url, content=content, headers=headers)
+        client = self.open()
+        request = client.build_request("POST", url, content=content, headers=headers)
         try:
-            response = await self.client.send(request, stream=True)
+            response = await client.send(request, stream=True)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise _Retryable(_Failure("unreachable", f"cannot connect: {type(exc).__name__}: {exc}")) from exc
         except httpx.TimeoutException as exc:

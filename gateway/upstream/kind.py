@@ -12,7 +12,7 @@ from typing import Any
 
 from gateway.specs import UpstreamSpec
 from gateway.upstream.forward import Forwarder
-from gateway.upstream.replicas import ReplicaPool, shown_url
+from gateway.upstream.replicas import ReplicaPool
 
 # Capabilities by name (the registry's constants are these strings; "embeddings" is served once the
 # /v1/embeddings route asks, "tokenize" is vLLM's /tokenize where a replica has it).
@@ -43,19 +43,10 @@ class UpstreamHandle:
         }
 
     def replica_series(self) -> list[dict[str, Any]]:
-        """What /metrics shows per replica (gateway/metrics/upstream_metrics.py), read at scrape time."""
+        """What /metrics shows per replica (gateway/metrics/upstream_metrics.py): /admin's description of each
+        replica plus its latency histogram, read at scrape time."""
         now = time.monotonic()
-        return [
-            {
-                "replica": shown_url(r.url),
-                "state": r.state(now),
-                "requests": r.requests,
-                "errors": r.errors,
-                "outstanding": r.outstanding,
-                "latency": r.latency,
-            }
-            for r in self.pool.replicas
-        ]
+        return [{**r.describe(now), "latency": r.latency} for r in self.pool.replicas]
 
 
 class UpstreamKind:
@@ -71,7 +62,7 @@ class UpstreamKind:
         """On the event loop once loaded: the active health checks start, and the pooled client is built now
         (its TLS context takes tens of ms, which the first burst of requests would otherwise wait for)."""
         handle.pool.start()
-        handle.forwarder.client  # noqa: B018 (built on first access)
+        handle.forwarder.open()
 
     async def unload(self, handle: UpstreamHandle) -> None:
         await handle.pool.stop()

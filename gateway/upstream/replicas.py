@@ -20,7 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from gateway.metrics.buckets import TTFT_BUCKETS, BucketCounts
+from gateway.metrics.buckets import BucketCounts
 from gateway.specs import UpstreamReplica, UpstreamSpec
 
 logger = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ class Replica:
     last_check: float | None = None  # wall clock of the last health check
     context_length: int | None = None  # the upstream's max_model_len for `model`, when it reports one
     # seconds to each successful answer (to its first event when streamed): gantry_upstream_replica_latency_seconds
-    latency: BucketCounts = field(default_factory=lambda: BucketCounts(TTFT_BUCKETS), repr=False)
+    latency: BucketCounts = field(default_factory=BucketCounts, repr=False)  # TTFT buckets
 
     def available(self, now: float) -> bool:
         return self.healthy and now >= self.ejected_until
