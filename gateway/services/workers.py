@@ -73,24 +73,26 @@ class WorkerPool:
             if job is _STOP:
                 return
             loop, future, fn, args = job
+            result = error = None
             try:
-                if future.cancelled():  # its caller left while it waited: skip the work
-                    continue
-                try:
-                    result, error = fn(*args), None
-                except BaseException as exc:  # handed to the awaiting request (mapped to its status there)
-                    result, error = None, exc
+                if not future.cancelled():  # a caller that left while its job waited: skip the work
+                    try:
+                        result = fn(*args)
+                    except BaseException as exc:  # handed to the awaiting request (mapped to its status there)
+                        error = exc
+            finally:
+                # Freed before the caller hears back, so whoever it wakes sees the slot free already.
+                with self._lock:
+                    self._pending -= 1
+            if not future.cancelled():
                 try:
                     loop.call_soon_threadsafe(_settle, future, result, error)
                 except RuntimeError:  # that event loop is closed: nobody is waiting any more
                     pass
-            finally:
-                with self._lock:
-                    self._pending -= 1
-                # An idle worker must not keep its last job alive: the plan and the lease reference the
-                # model, and an unloaded model's memory only goes back once nothing points at it.
-                del job, loop, future, fn, args
-                result = error = None
+            # An idle worker must not keep its last job alive: the plan and the lease reference the
+            # model, and an unloaded model's memory only goes back once nothing points at it.
+            del job, loop, future, fn, args
+            result = error = None
 
     def close(self) -> None:
         """Stop the threads once the jobs queued now are done (they are daemons: exit never waits)."""
