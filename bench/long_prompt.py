@@ -135,7 +135,7 @@ def main() -> None:
     import torch
 
     from gateway.engine.batched import BatchedEngine
-    from gateway.engine.speed import release_free_memory
+    from gateway.gc_heap import release_free_memory
 
     loaded, tokenizer = load(args.dtype)
     engine = BatchedEngine(loaded.model, tokenizer, name="long-prompt")

@@ -37,6 +37,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -57,6 +58,7 @@ class Target:
     args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen | None = None
+    cpus: set[int] | None = None  # pinned to these cores (its torch threads follow: one per core)
     url: str = ""
     model_id: str = ""
     peak_rss: int = 0
@@ -139,8 +141,13 @@ def start(target: Target, path: Path, log_dir: Path, vllm_venv: Path | None = No
         cmd += ["--device", "cpu", *target.args]
         target.model_id = str(path)
     log = (log_dir / f"{target.name.replace(' ', '_').replace('-', '')}.log").open("wb")
-    target.process = subprocess.Popen(cmd, cwd=log_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
+    target.process = popen(cmd, log_dir, env, log, target.cpus)
     target.url = f"http://127.0.0.1:{port}"
+
+
+def popen(cmd: list[str], cwd: Path, env: dict[str, str], log: Any, cpus: set[int] | None) -> subprocess.Popen:
+    pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None  # before exec: every thread inherits it
+    return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=pin)
 
 
 def wait_ready(target: Target, timeout: float = 300) -> None:

@@ -43,10 +43,11 @@ from gateway.engine.kvcache import BatchKVCache, attention_mask_dtype, forward_l
 from gateway.engine.logits import prompt_logprobs
 from gateway.engine.rows import Outbox, Seq, shared_prefix
 from gateway.engine.sampling import RowSampling, sample
-from gateway.engine.speed import output_vocab_size, release_free_memory
+from gateway.engine.speed import output_vocab_size
 from gateway.engine.threads import ThreadTuner
 from gateway.engine.types import GenerationDelta, GenerationRequest, TokenLogprob
 from gateway.errors import EngineError
+from gateway.gc_heap import release_free_memory
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 import time
 from typing import Any
@@ -11,7 +10,7 @@ from adapters import AdapterRegistry, PromptPipeline
 from gateway.engine.admission import Admission, AdmittedEngine
 from gateway.engine.hf import HFEngine
 from gateway.engine.loader import hide_triton_without_gpu, load_model, load_tokenizer, materialize, read_config
-from gateway.engine.speed import bound_onednn_caches, release_free_memory
+from gateway.engine.speed import bound_onednn_caches
 from gateway.models import ServedModel
 from gateway.progress import report
 from gateway.settings import EMBEDDED_DEFAULT_MAX_TOKENS, EMBEDDED_MODEL, EMBEDDED_SAMPLING, ModelSpec
@@ -116,8 +115,6 @@ def build_served_model(spec: ModelSpec, *, cache_dir: Any, adapters: AdapterRegi
             **loaded.speed,
         },
     )
-    gc.collect()
-    release_free_memory()  # loading and the self-check leave freed heap behind
     logger.info(
         "model %s ready in %.1f s: %s, context %d, %s engine, default max tokens %s, sampling defaults %s",
         spec.name,

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
-from gateway.engine.speed import release_free_memory
+from gateway.gc_heap import release_free_memory
 
 MIN_COLUMNS = 64
 MIN_ROWS = 1  # a lone request holds one row, not four: at 4000 tokens of SmolLM2-135M that was +540 MB

@@ -163,16 +163,6 @@ def compile_forward(model: Any) -> None:
     model.forward = torch.compile(model.forward, dynamic=True)
 
 
-def release_free_memory() -> None:
-    """Hand freed heap pages back to the OS (glibc keeps them otherwise): lower RSS after loading/bursts."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
-
-
 def output_vocab_size(model: Any) -> int:
     """Rows of the output projection, also when it is a quantized module (whose weight is a method)."""
     head = model.get_output_embeddings()

@@ -22,6 +22,10 @@ REQUEST_LATENCY_BUCKETS = (
     *(30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0),
 )
 
+# Garbage-collection pauses (not vLLM's): young collections take well under a millisecond, a full one of a
+# loaded model's heap a quarter of a second.
+GC_PAUSE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
 
 @dataclass
 class BucketCounts:

@@ -1,13 +1,14 @@
 """The gateway's Prometheus metrics, one CollectorRegistry per app (no module globals: several apps may live in
 one process, as in the tests).
 
-Two sources:
+Three sources:
 - every finished request's RequestRecord (gateway/accounting.py), observed once at its end: request counts,
   tokens, time to first token, end-to-end latency, and per sequence the queue wait, inter-token latencies and
   aborts;
 - the registry's entries, read at scrape time (`ModelsCollector`): model state and load time, and from each
   loaded engine that offers `metrics_snapshot()` its running / waiting sequences, batch size and KV-cache bytes.
-  Reading at scrape time keeps the engines free of metric calls in their decode loops.
+  Reading at scrape time keeps the engines free of metric calls in their decode loops;
+- the process's garbage collections, timed by a gc callback (`GcPauseCollector`).
 
 Multiprocess: with PROMETHEUS_MULTIPROC_DIR set before the process starts, prometheus-client keeps the counters
 and histograms in files there and a scrape of any process sums all of them (its multiprocess mode); the
@@ -28,6 +29,7 @@ from prometheus_client.registry import Collector
 
 from gateway.accounting import RequestRecord
 from gateway.metrics.buckets import INTER_TOKEN_BUCKETS, REQUEST_LATENCY_BUCKETS, TTFT_BUCKETS
+from gateway.metrics.gc_metrics import GcPauseCollector
 from gateway.metrics.upstream_metrics import replica_families
 from gateway.registry import ModelRegistry, ModelState
 
@@ -104,6 +106,8 @@ class GatewayMetrics:
         self.pid = str(os.getpid()) if multiprocess_dir() else None
         self.models_collector = ModelsCollector(models, pid=self.pid)
         r.register(self.models_collector)
+        self.gc_pauses = GcPauseCollector(pid=self.pid)  # its timer is installed by the app's lifespan
+        r.register(self.gc_pauses)
 
     # ---- observation (once per finished request) ------------------------------------------------------
     def observe(self, record: RequestRecord) -> None:
@@ -152,6 +156,7 @@ class GatewayMetrics:
         merged = CollectorRegistry()
         multiprocess.MultiProcessCollector(merged)  # every process's counters and histograms, summed
         merged.register(self.models_collector)
+        merged.register(self.gc_pauses)
         return merged
 
 

@@ -6,12 +6,13 @@ kinds here, not new branches in the registry or the routes.
 
 from __future__ import annotations
 
-import gc
 import logging
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from gateway.gc_heap import collect_everything, freeze_heap, release_free_memory
 from gateway.models import ServedModel
 from gateway.specs import EMBEDDED_MODEL, ModelSpec, SpecBase
 from gateway.upstream.kind import UpstreamKind
@@ -96,19 +97,19 @@ class LocalKind:
         return None
 
 
+def settle_after_load() -> None:
+    """Collect what a load left behind, freeze what stays (gateway/gc_heap.py), hand freed heap back."""
+    freeze_heap()
+    release_free_memory()
+
+
 def free_memory() -> None:
-    """Collect what an unloaded model left behind and hand the heap (and the CUDA cache) back."""
-    gc.collect()
-    try:
-        from gateway.engine.speed import release_free_memory  # imports torch: only once something loaded
-
-        release_free_memory()
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:
-        pass
+    """Collect what an unloaded model left behind (frozen or not) and hand the heap (and the CUDA cache) back."""
+    collect_everything()
+    release_free_memory()
+    torch = sys.modules.get("torch")  # never imported here just to ask: a front with upstreams only has none
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def default_kinds(factory: ModelFactory) -> dict[str, ModelKind]:

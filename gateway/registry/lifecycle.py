@@ -21,7 +21,7 @@ import psutil
 from gateway.progress import reporting_to
 from gateway.registry.entry import LoadProgress, ModelEntry, ModelState
 from gateway.registry.failure import load_failure_cause
-from gateway.registry.kinds import ModelKind, free_memory
+from gateway.registry.kinds import ModelKind, free_memory, settle_after_load
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -149,7 +149,9 @@ class Lifecycle:
             entry.size_bytes = entry.size_bytes or kind.size_bytes(entry.spec)
             with reporting_to(report):
                 report("starting", None)
-                return kind.load(entry.spec)
+                handle = kind.load(entry.spec)
+            settle_after_load()  # once per load, in its thread (a collection holds the GIL: ~0.25 s with SmolLM2)
+            return handle
 
         logger.info("model %s: loading (%s kind)", entry.name, entry.kind)
         before, started = rss_bytes(), time.monotonic()

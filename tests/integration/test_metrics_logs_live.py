@@ -113,6 +113,9 @@ def test_known_workload_moves_the_counters_exactly(server: RunningServer) -> Non
     assert value(after, "gantry_model_load_seconds", model=MODEL) > 0
     assert value(after, "gantry_sequences_running", model=MODEL) == 0
     assert value(after, "gantry_kv_cache_usage_bytes", model=MODEL) >= 0
+    # startup and the model's load each ended with a full collection (then froze the heap), timed
+    assert value(after, "gantry_gc_pause_seconds_count", generation="2") >= 2
+    assert value(after, "gantry_gc_pause_seconds_sum", generation="2") > 0
 
     # one access line per request, with its model, status and tokens; none of uvicorn's own
     (line,) = log_lines(server, "request_id='mt-chat-0'")

@@ -150,7 +150,8 @@ def test_triton_is_hidden_on_a_cpu_only_machine() -> None:
 
 _PRIMITIVE_GROWTH = """
 import gc, sys, psutil, torch
-from gateway.engine.speed import PackedLinear, bound_onednn_caches, release_free_memory
+from gateway.engine.speed import PackedLinear, bound_onednn_caches
+from gateway.gc_heap import release_free_memory
 if sys.argv[1] == "bounded":
     bound_onednn_caches()
 layer = PackedLinear(torch.nn.Linear(576, 1536))

@@ -18,7 +18,8 @@ from tests.conftest import REPO_ROOT
 _LONG_GENERATION = """
 import asyncio, gc, sys, uuid
 from contextlib import aclosing
-from gateway.engine.speed import bound_onednn_caches, release_free_memory
+from gateway.engine.speed import bound_onednn_caches
+from gateway.gc_heap import release_free_memory
 bound_onednn_caches()
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
