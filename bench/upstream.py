@@ -1,7 +1,7 @@
 """What a front gateway costs: N concurrent streams straight at a Gantry upstream vs through a front Gantry
 that forwards to it (`kind: upstream`), same upstream process, same run, turns alternated.
 
-    .venv/bin/python bench/upstream.py                          # 8 streams, 3 rounds, 64 tokens each
+    .venv/bin/python bench/upstream.py                          # 8 streams, 20 rounds, 64 tokens each
     .venv/bin/python bench/upstream.py --streams 8 --rounds 5 --max-tokens 128
     .venv/bin/python bench/upstream.py --pin    # the front (and this client) on a core of its own
 
@@ -44,7 +44,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--streams", type=int, default=8)
     parser.add_argument("--requests", type=int, default=1, help="requests per stream per round")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--rounds", type=int, default=20, help="a round's 8 TTFTs are alike: fewer than ~20 rounds give a noisy p50"
+    )
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument(
