@@ -72,7 +72,8 @@ class PackedLinear(torch.nn.Module):
 
     On CPU, transformers' Linear layers go to an sgemm whose small-batch (decode) path runs well below
     memory bandwidth; the packed oneDNN kernel was 1.5-2.5x faster per layer at 1-16 rows (fp32 and
-    bf16), and a row's result does not depend on the other rows of the batch.
+    bf16), and a row's result does not depend on the other rows of the batch (a lone row: see
+    `_single_row_differs`).
     """
 
     def __init__(self, linear: torch.nn.Linear) -> None:
@@ -82,11 +83,32 @@ class PackedLinear(torch.nn.Module):
         self.register_buffer("packed", torch.ops.mkldnn._reorder_linear_weight(weight), persistent=False)
         bias = None if linear.bias is None else linear.bias.detach().clone()
         self.register_buffer("bias", bias, persistent=False)
+        self.pad_single_row = self._single_row_differs()
+
+    def _matmul(self, flat: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(flat, self.packed, self.bias, "none", [], "")
+
+    def _single_row_differs(self) -> bool:
+        """Whether oneDNN computes a lone row differently from the same row in a batch.
+
+        On a Sapphire Rapids CPU (AVX-512 + AMX) a [576 x 1536] layer (SmolLM2's down_proj) rounded a
+        one-row input differently (by ~2e-6) than any batch of 2-1000 rows, which all agreed: a greedy
+        request alone then drifted from the same request decoded among others. On the AVX2 EPYC no
+        shape did. Which layers do depends on the CPU and oneDNN's kernel choice, so it is measured
+        once per layer; those that differ get their lone row computed as a pair.
+        """
+        probe = torch.randn(2, self.in_features, generator=torch.Generator().manual_seed(0))
+        probe = probe.to(self.packed.dtype)
+        with torch.inference_mode():
+            return not torch.equal(self._matmul(probe[:1]), self._matmul(probe)[:1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
-        out = torch.ops.mkldnn._linear_pointwise(flat, self.packed, self.bias, "none", [], "")
+        if self.pad_single_row and flat.shape[0] == 1:  # a decode step of one row: the batch kernel's rounding
+            out = self._matmul(flat.expand(2, -1))[:1]
+        else:
+            out = self._matmul(flat)
         return out.reshape(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:

@@ -48,6 +48,21 @@ def test_prepacked_linears_keep_the_math_and_are_batch_invariant(anyio_backend: 
     assert batched_support(model) is None
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("out_features, in_features", [(576, 576), (1536, 576), (576, 1536), (192, 576)])
+def test_a_lone_row_is_computed_as_it_would_be_in_any_batch(
+    out_features: int, in_features: int, dtype: torch.dtype, anyio_backend: str
+) -> None:
+    """SmolLM2's layer shapes: a decode step of one row gives that row what a batch of 2-16 would (oneDNN on a
+    Sapphire Rapids rounded the lone [576 x 1536] row differently; PackedLinear measures it and pads)."""
+    layer = PackedLinear(torch.nn.Linear(in_features, out_features).to(dtype))
+    rows = torch.randn(16, 1, in_features, generator=torch.Generator().manual_seed(1)).to(dtype)
+    with torch.inference_mode():
+        alone = layer(rows[:1])
+        for batch in (2, 3, 8, 16):
+            assert torch.equal(layer(rows[:batch])[:1], alone), f"{batch} rows"
+
+
 def test_a_large_tied_fp32_head_stays_unpacked(monkeypatch: pytest.MonkeyPatch, anyio_backend: str) -> None:
     monkeypatch.setattr(speed, "TIED_HEAD_PACK_MAX_BYTES", 0)  # the tiny table counts as large
     model = fresh_tiny(tie_word_embeddings=True)
