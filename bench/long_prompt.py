@@ -63,9 +63,10 @@ def load(dtype: str):  # type: ignore[no-untyped-def]
     hide_triton_without_gpu()
     bound_onednn_caches()
     spec = ModelSpec(name=EMBEDDED_MODEL_NAME, source=EMBEDDED_MODEL, dtype=dtype)
-    path = materialize(spec, Settings(_env_file=None).cache_dir)
+    cache_dir = Settings(_env_file=None).cache_dir
+    path = materialize(spec, cache_dir)
     tokenizer = load_tokenizer(spec, path)
-    return load_model(spec, path, tokenizer, trust_remote_code=False), tokenizer
+    return load_model(spec, path, tokenizer, trust_remote_code=False, cache_dir=cache_dir), tokenizer
 
 
 def prompt_ids(tokenizer, tokens: int) -> list[int]:  # type: ignore[no-untyped-def]

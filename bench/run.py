@@ -108,6 +108,7 @@ def build_targets_map(dtype: str, cb_args: list[str]) -> dict[str, Target]:
             "vLLM CPU bind", "vllm", dtype, env={**VLLM_ENV, "VLLM_CPU_OMP_THREADS_BIND": f"0-{cores - 1}"}
         ),
         "gantry": Target("gantry", "gantry", dtype, ["--dtype", dtype]),
+        "gantry-onednn": Target("gantry onednn", "gantry", dtype, ["--dtype", dtype, "--linear-kernel", "onednn"]),
         "gantry-int8": Target("gantry int8", "gantry", "float32", ["--quantization", "int8"]),
         "gantry-simple": Target("gantry simple", "gantry", dtype, ["--dtype", dtype, "--engine", "simple"]),
         "tserve": Target("transformers serve", "tserve", dtype),

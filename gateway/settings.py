@@ -23,6 +23,7 @@ from gateway.specs import (  # re-exported: the spec types and constants lived h
     AnySpec,
     Dtype,
     EngineKind,
+    LinearKernel,
     ModelSpec,
     Quantization,
     SamplingDefaults,
@@ -105,7 +106,12 @@ class Settings(BaseSettings, AccessSettings):  # AccessSettings: keys, limits, t
     )
     compile: bool = Field(default=False, description="torch.compile the model's forward pass.")
     prepack: bool = Field(
-        default=True, description="Pre-pack Linear weights for oneDNN on CPU (same math, faster decode)."
+        default=True, description="On CPU, run Linear layers on a faster kernel than torch's own (linear_kernel)."
+    )
+    linear_kernel: LinearKernel = Field(
+        default="auto",
+        description="CPU Linear kernel: rowwise (fp32, compiled here with the C compiler; memory-bound at 1-32 rows), "
+        "onednn (pre-packed weights), torch; auto = an fp32 model measures rowwise vs onednn at load, bf16 = onednn.",
     )
     prepack_tied_head: bool = Field(
         default=True,
@@ -317,6 +323,7 @@ class Settings(BaseSettings, AccessSettings):  # AccessSettings: keys, limits, t
             quantization=self.quantization,
             compile=self.compile,
             prepack=self.prepack,
+            linear_kernel=self.linear_kernel,
             prepack_tied_head=self.prepack_tied_head,
             sampling=self.sampling,
             default_max_tokens=self.default_max_tokens,

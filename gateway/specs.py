@@ -33,6 +33,7 @@ EMBEDDED_DEFAULT_MAX_TOKENS = 256
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 EngineKind = Literal["auto", "batched", "simple"]
 Quantization = Literal["none", "int8"]
+LinearKernel = Literal["auto", "rowwise", "onednn", "torch"]
 
 _DURATION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -162,7 +163,12 @@ class ModelSpec(SpecBase):
     compile: bool = Field(default=False, description="torch.compile the model's forward (slow first requests).")
     prepack: bool = Field(
         default=True,
-        description="On CPU, pre-pack Linear weights for oneDNN (same dtype and math; ~1.5-2x faster decode).",
+        description="On CPU, run Linear layers on a faster kernel than torch's (linear_kernel); false = torch's.",
+    )
+    linear_kernel: LinearKernel = Field(
+        default="auto",
+        description="CPU Linear kernel: rowwise (fp32, built here with the C compiler: memory-bound at 1-32 rows), "
+        "onednn (weights pre-packed), torch; auto = fp32 measures rowwise vs onednn at load, 16-bit takes onednn.",
     )
     prepack_tied_head: bool = Field(
         default=True,

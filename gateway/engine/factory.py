@@ -88,7 +88,11 @@ def build_served_model(spec: ModelSpec, *, cache_dir: Any, adapters: AdapterRegi
     )
     report("weights to device", 0.4)
     loaded = load_model(
-        spec, model_dir, tokenizer, trust_remote_code=spec.trust_remote_code or adapter.trust_remote_code
+        spec,
+        model_dir,
+        tokenizer,
+        trust_remote_code=spec.trust_remote_code or adapter.trust_remote_code,
+        cache_dir=cache_dir,
     )
     pipeline = PromptPipeline.build(
         tokenizer,

@@ -20,7 +20,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from gateway.engine.gguf_cache import ensure_dequantized
-from gateway.engine.speed import auto_cpu_dtype, can_prepack, compile_forward, prepack_linears, quantize_int8
+from gateway.engine.linear_layout import apply_linear_layout
+from gateway.engine.speed import auto_cpu_dtype, compile_forward, quantize_int8
 from gateway.settings import EMBEDDED_MODEL, ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -165,7 +166,9 @@ def load_tokenizer(spec: ModelSpec, model_dir: Path) -> Any:
     return AutoTokenizer.from_pretrained(source, trust_remote_code=spec.trust_remote_code)
 
 
-def load_model(spec: ModelSpec, model_dir: Path, tokenizer: Any, *, trust_remote_code: bool) -> LoadedModel:
+def load_model(
+    spec: ModelSpec, model_dir: Path, tokenizer: Any, *, trust_remote_code: bool, cache_dir: Path
+) -> LoadedModel:
     """Load weights on the resolved device/dtype and neutralize the model's own generation defaults."""
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device, spec.quantization)
@@ -179,11 +182,13 @@ def load_model(spec: ModelSpec, model_dir: Path, tokenizer: Any, *, trust_remote
     if not multi_gpu:
         model.to(device)
     model.eval()
-    packed = quantized = 0
+    quantized = 0
     if spec.quantization == "int8":
         quantized = quantize_int8(model)
-    if spec.prepack and can_prepack(model):
-        packed = prepack_linears(model, tied_head=spec.prepack_tied_head)  # what int8 left alone
+    linear = {"linear_kernel": "torch", "linear_layers": 0}
+    if device.type == "cpu":  # the layers int8 left alone
+        kernel = spec.linear_kernel if spec.prepack else "torch"
+        linear = apply_linear_layout(model, kernel, tied_head=spec.prepack_tied_head, cache_dir=Path(cache_dir))
     if spec.compile:
         compile_forward(model)
     config = model.config.to_dict()
@@ -199,7 +204,9 @@ def load_model(spec: ModelSpec, model_dir: Path, tokenizer: Any, *, trust_remote
         isa,
         dtype,
         f", {quantized} Linear layers int8" if quantized else "",
-        f", {packed} Linear layers pre-packed for oneDNN" if packed else "",
+        f", {linear['linear_layers']} Linear layers on the {linear['linear_kernel']} kernel"
+        if linear["linear_layers"]
+        else "",
         ", compiled" if spec.compile else "",
     )
     return LoadedModel(
@@ -214,7 +221,7 @@ def load_model(spec: ModelSpec, model_dir: Path, tokenizer: Any, *, trust_remote
         speed={
             "quantization": spec.quantization,
             "int8_linears": quantized,
-            "prepacked_linears": packed,
+            **linear,
             "compiled": spec.compile,
         },
     )

@@ -1,0 +1,155 @@
+"""fp32 Linear layers for decode-sized batches: a small C kernel, built on this machine, for few rows.
+
+Why by hand: a decode step multiplies 1-16 rows by every weight matrix, so it should run at memory
+bandwidth. Measured on a 2-core Sapphire Rapids (fp32, SmolLM2-135M's shapes, all layers in turn so the
+weights come from DRAM): MKL's sgemm (torch's Linear) and oneDNN's pre-packed kernel reach 18-27 GB/s
+at 1 row but 6-13 GB/s at 8 rows (compute there is 4 flops per weight byte, far below either core's
+peak: the kernels do not overlap streaming the weights with the arithmetic), and MKL's packed sgemm
+only serves one fixed row count and holds the weights twice. This kernel reads each weight once per 8
+rows, prefetches the next tile's weight rows, and reached 15-25 GB/s at 1-8 rows. It keeps
+nn.Linear's own weight (no second copy: a tied output layer stays shared with the embeddings), and
+a row's result does not depend on the other rows in the call.
+
+It is compiled with the machine's C compiler for the machine's own vector ISA (`-march=native`: AVX2,
+AVX-512, ...), once per CPU and source, into the cache directory; without a compiler it is simply
+not used (`build_rowwise_kernel` returns None) and the loader keeps another layout.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("rowwise_gemm.c")
+ROWWISE_MAX_ROWS = 32  # above this, torch's Linear (compute-bound sgemm) was as fast or faster
+COMPILE_TIMEOUT_S = 60
+
+
+def _compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+
+
+def _compile_flags() -> list[str]:
+    arch = "-march=native" if platform.machine().lower() in ("x86_64", "amd64", "i686") else "-mcpu=native"
+    # -ffp-contract=fast: every tile fuses multiply-add the same way, so a row's result is the same in any tile
+    return ["-O3", arch, "-ffp-contract=fast", "-fopenmp", "-shared", "-fPIC"]
+
+
+def _cpu_fingerprint() -> str:
+    """What `-march=native` compiles for: the CPU's flags (a cache shared across machines must not mix them)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return f"{platform.machine()} {platform.processor()} {torch.backends.cpu.get_cpu_capability()}"
+
+
+class RowwiseKernel:
+    """The loaded library; `kernel(x, weight, bias)` computes F.linear for a contiguous fp32 [M, K] x."""
+
+    def __init__(self, library: ctypes.CDLL, path: Path) -> None:
+        self.path = path
+        self._fn = library.rowwise_gemm
+        pointer, integer = ctypes.c_void_p, ctypes.c_int
+        self._fn.argtypes = [pointer, pointer, pointer, pointer, integer, integer, integer, integer]
+        self._fn.restype = None
+
+    def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        rows, inner = x.shape
+        out = torch.empty(rows, weight.shape[0], dtype=torch.float32, device=x.device)
+        self._fn(  # ctypes releases the GIL for the call, as a torch op would
+            x.data_ptr(),
+            weight.data_ptr(),
+            None if bias is None else bias.data_ptr(),
+            out.data_ptr(),
+            rows,
+            weight.shape[0],
+            inner,
+            torch.get_num_threads(),  # the engine's thread tuner sets it per phase
+        )
+        return out
+
+
+def build_rowwise_kernel(cache_dir: Path) -> RowwiseKernel | None:
+    """Compile (once per CPU, compiler and source) and load the kernel; None where that is not possible."""
+    compiler = _compiler()
+    if compiler is None or not torch.backends.openmp.is_available():
+        logger.info("rowwise fp32 kernel unavailable: %s", "no C compiler" if compiler is None else "no OpenMP")
+        return None
+    source = SOURCE.read_bytes()
+    flags = _compile_flags()
+    key = hashlib.sha256(b"\0".join([source, " ".join([compiler, *flags]).encode(), _cpu_fingerprint().encode()]))
+    target = Path(cache_dir) / "kernels" / f"rowwise_gemm-{key.hexdigest()[:16]}.so"
+    try:
+        if not target.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+                built = Path(scratch) / target.name
+                subprocess.run(
+                    [compiler, *flags, str(SOURCE), "-o", str(built)],
+                    check=True,
+                    capture_output=True,
+                    timeout=COMPILE_TIMEOUT_S,
+                )
+                os.replace(built, target)  # atomic: another process may be building the same file
+        # torch is imported first, so the library's libgomp.so.1 resolves to torch's own OpenMP runtime
+        return RowwiseKernel(ctypes.CDLL(str(target)), target)
+    except (OSError, subprocess.SubprocessError) as exc:
+        detail = getattr(exc, "stderr", b"") or b""
+        logger.warning("rowwise fp32 kernel not built (%s) %s", exc, detail.decode(errors="replace")[-500:])
+        return None
+
+
+class RowwiseLinear(torch.nn.Module):
+    """nn.Linear (fp32, CPU) that runs few rows through the rowwise kernel and more through torch.
+
+    The weight and bias are the original module's parameters (shared, not copied). Inference only.
+    """
+
+    def __init__(self, linear: torch.nn.Linear, kernel: RowwiseKernel) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight = linear.weight
+        self.bias = linear.bias
+        self.kernel = kernel
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1])
+        if flat.shape[0] > ROWWISE_MAX_ROWS or flat.dtype != torch.float32 or flat.requires_grad:
+            return torch.nn.functional.linear(x, self.weight, self.bias)
+        out = self.kernel(flat.contiguous(), self.weight, self.bias)
+        return out.reshape(*shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, rowwise fp32 kernel"
+
+
+def can_use_rowwise(model: torch.nn.Module) -> bool:
+    parameter = next(model.parameters())
+    return parameter.dtype == torch.float32 and parameter.device.type == "cpu"
+
+
+def use_rowwise_linears(model: torch.nn.Module, kernel: RowwiseKernel) -> int:
+    """Swap every fp32 nn.Linear (the tied output layer too: its weight stays shared) for a RowwiseLinear."""
+    count = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            weight = getattr(child, "weight", None)
+            if type(child) is torch.nn.Linear and weight.dtype == torch.float32 and weight.is_contiguous():
+                setattr(parent, name, RowwiseLinear(child, kernel))
+                count += 1
+    return count

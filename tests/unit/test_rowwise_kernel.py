@@ -1,0 +1,135 @@
+"""The rowwise fp32 Linear kernel (built here with the C compiler) and the load-time choice of Linear kernel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from gateway.engine import linear_layout, rowwise
+from gateway.engine.linear_layout import apply_linear_layout, pick_layout
+from gateway.engine.rowwise import ROWWISE_MAX_ROWS, RowwiseLinear, build_rowwise_kernel
+from gateway.engine.speed import PackedLinear
+from tests.unit.test_batched_speed import fresh_tiny
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(scope="module")
+def kernel(tmp_path_factory: pytest.TempPathFactory) -> rowwise.RowwiseKernel:
+    built = build_rowwise_kernel(tmp_path_factory.mktemp("kernels"))
+    if built is None:
+        pytest.skip("no C compiler with OpenMP on this machine: the loader keeps the oneDNN layout")
+    return built
+
+
+# SmolLM2's shapes, and odd ones: K not a multiple of the vector width, N not a multiple of any tile width
+SHAPES = [(576, 576), (1536, 576), (576, 1536), (192, 576), (49, 37), (7, 100), (1, 16)]
+
+
+@pytest.mark.parametrize("out_features, in_features", SHAPES)
+@pytest.mark.parametrize("bias", [False, True])
+def test_the_kernel_computes_a_linear_layer(
+    kernel: rowwise.RowwiseKernel, out_features: int, in_features: int, bias: bool, anyio_backend: str
+) -> None:
+    layer = torch.nn.Linear(in_features, out_features, bias=bias)
+    x = torch.randn(40, in_features, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        expected = layer(x)
+        for rows in (1, 2, 3, 4, 5, 7, 8, 9, 13, 16, 17, 32, 40):
+            got = kernel(x[:rows].contiguous(), layer.weight, layer.bias)
+            assert torch.allclose(got, expected[:rows], rtol=1e-5, atol=1e-5 * in_features**0.5), f"{rows} rows"
+
+
+@pytest.mark.parametrize("out_features, in_features", SHAPES)
+def test_a_row_gets_the_same_bits_alone_and_in_any_batch(
+    kernel: rowwise.RowwiseKernel, out_features: int, in_features: int, anyio_backend: str
+) -> None:
+    """Every tile shape (1-8 rows, several widths, single columns) does the same arithmetic per output."""
+    weight = torch.randn(out_features, in_features, generator=torch.Generator().manual_seed(3))
+    x = torch.randn(ROWWISE_MAX_ROWS, in_features, generator=torch.Generator().manual_seed(4))
+    full = kernel(x, weight, None)
+    for rows in range(1, ROWWISE_MAX_ROWS):
+        assert torch.equal(kernel(x[:rows].contiguous(), weight, None), full[:rows]), f"first {rows} rows"
+    for row in (0, 5, ROWWISE_MAX_ROWS - 1):
+        assert torch.equal(kernel(x[row : row + 1].contiguous(), weight, None), full[row : row + 1]), f"row {row}"
+
+
+def test_rowwise_layers_share_the_weights_and_hand_big_batches_to_torch(
+    kernel: rowwise.RowwiseKernel, anyio_backend: str
+) -> None:
+    model = fresh_tiny(tie_word_embeddings=True)
+    ids = torch.randint(0, 1000, (3, 9), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        before = model(ids).logits
+        count = rowwise.use_rowwise_linears(model, kernel)
+        after = model(ids).logits  # 27 rows: the kernel; 3 x 9 x ... prefill of 40+ rows: torch
+        long_ids = torch.randint(0, 1000, (2, 30), generator=torch.Generator().manual_seed(1))
+        hidden = model.model(long_ids).last_hidden_state
+        alone = torch.cat([model.model(long_ids[i : i + 1]).last_hidden_state for i in range(2)])
+    assert count == 2 * 7 + 1  # every Linear of the two layers and the tied lm_head
+    head = model.get_output_embeddings()
+    assert isinstance(head, RowwiseLinear)
+    assert head.weight is model.get_input_embeddings().weight  # still tied: no second copy of the table
+    assert torch.allclose(before, after, atol=1e-4, rtol=1e-4)
+    assert torch.allclose(hidden, alone, atol=1e-5)  # 60 rows go through torch's sgemm (not bit-exact there)
+
+
+def test_auto_measures_both_kernels_and_keeps_the_faster(tmp_path: Path, anyio_backend: str) -> None:
+    model = fresh_tiny()
+    done = apply_linear_layout(model, "auto", tied_head=True, cache_dir=tmp_path)
+    if done["linear_kernel"] == "onednn" and "measured_ms" not in done:
+        pytest.skip("no C compiler with OpenMP on this machine")
+    measured = done["measured_ms"]
+    assert set(measured) == {"rowwise", "onednn"} and all(set(per) == {1, 8} for per in measured.values())
+    assert done["linear_kernel"] == pick_layout(measured)
+    expected = RowwiseLinear if done["linear_kernel"] == "rowwise" else PackedLinear
+    assert isinstance(model.model.layers[0].self_attn.q_proj, expected)
+    assert not any(type(m) is torch.nn.Linear for m in model.modules())
+
+
+def test_pick_layout_weighs_one_row_and_eight_rows_alike(anyio_backend: str) -> None:
+    assert pick_layout({"rowwise": {1: 30.0, 8: 40.0}, "onednn": {1: 50.0, 8: 60.0}}) == "rowwise"
+    assert pick_layout({"rowwise": {1: 30.0, 8: 90.0}, "onednn": {1: 33.0, 8: 45.0}}) == "onednn"
+
+
+def test_explicit_choices_and_16_bit_models(tmp_path: Path, anyio_backend: str) -> None:
+    model = fresh_tiny()
+    assert apply_linear_layout(model, "torch", tied_head=True, cache_dir=tmp_path)["linear_layers"] == 0
+    assert all(type(m) is not PackedLinear for m in model.modules())
+    model = fresh_tiny()
+    done = apply_linear_layout(model, "onednn", tied_head=True, cache_dir=tmp_path)
+    assert done["linear_kernel"] == "onednn" and isinstance(model.model.layers[0].mlp.up_proj, PackedLinear)
+    model = fresh_tiny().to(torch.bfloat16)
+    done = apply_linear_layout(model, "auto", tied_head=True, cache_dir=tmp_path)
+    assert done["linear_kernel"] == "onednn"  # the rowwise kernel is fp32 only
+    assert not (tmp_path / "kernels").exists()  # nothing compiled for a bf16 model
+
+
+def test_without_a_compiler_the_loader_keeps_onednn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, anyio_backend: str
+) -> None:
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    assert build_rowwise_kernel(tmp_path) is None
+    model = fresh_tiny()
+    done = apply_linear_layout(model, "rowwise", tied_head=True, cache_dir=tmp_path)
+    assert done["linear_kernel"] == "onednn"
+    assert isinstance(model.model.layers[0].mlp.down_proj, PackedLinear)
+
+
+def test_the_kernel_is_compiled_once_per_cpu_and_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, anyio_backend: str
+) -> None:
+    first = build_rowwise_kernel(tmp_path)
+    if first is None:
+        pytest.skip("no C compiler with OpenMP on this machine")
+    built_at = first.path.stat().st_mtime_ns
+    assert build_rowwise_kernel(tmp_path).path == first.path
+    assert first.path.stat().st_mtime_ns == built_at  # reused, not rebuilt
+    monkeypatch.setattr(rowwise, "_cpu_fingerprint", lambda: "flags : another cpu")
+    assert build_rowwise_kernel(tmp_path).path != first.path  # another CPU gets its own build
+    assert len(list((tmp_path / "kernels").glob("*.so"))) == 2
+    monkeypatch.setattr(linear_layout, "MEASURE_MAX_BYTES", 0)  # too big to measure: rowwise, no packed copy
+    done = apply_linear_layout(fresh_tiny(), "auto", tied_head=True, cache_dir=tmp_path)
+    assert done["linear_kernel"] == "rowwise" and "measured_ms" not in done
