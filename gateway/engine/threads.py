@@ -47,15 +47,21 @@ class _Phase:
 
     def pick(self, explore: bool = True) -> int:
         self.calls += 1
-        for n in self.candidates:
-            if len(self.recent[n]) < _WARMUP:
-                return n if explore else self.candidates[-1]  # not measured yet: torch's own setting
+        measured = [n for n in self.candidates if len(self.recent[n]) >= _WARMUP]
+        if len(measured) < len(self.candidates):
+            if explore:
+                return next(n for n in self.candidates if n not in measured)
+            # a large call: the best measured one, else torch's own setting
+            return min(measured, key=lambda n: self.cost(n) or 0.0) if measured else self.candidates[-1]
         best = min(self.candidates, key=lambda n: self.cost(n) or 0.0)
         if explore and self.calls >= self.next_explore:
             others = [n for n in self.candidates if n != best]
             other = min(others, key=lambda n: len(self.recent[n]))
             slower = (self.cost(other) or 1.0) / max(self.cost(best) or 1.0, 1e-12)
             self.next_explore = self.calls + int(min(_EXPLORE_MAX, _EXPLORE_EVERY * max(1.0, slower)))
+            # measured afresh (_WARMUP calls in a row): its old times may come from a busier moment (a
+            # server that warmed up while others were loading kept 1 thread for hundreds of steps)
+            self.recent[other].clear()
             return other
         return best
 

@@ -123,6 +123,29 @@ def test_thread_tuner_prefers_the_faster_count_and_still_explores(anyio_backend:
     assert late.count(1) >= 1  # ... and re-tries the other now and then
 
 
+def test_thread_tuner_recovers_soon_after_a_busy_moment(anyio_backend: str) -> None:
+    """Learned while another process held a core (1 thread faster), then the machine is quiet again: a
+    re-try measures the other count afresh instead of mixing one new time into stale ones."""
+    tuner = ThreadTuner(candidates=[1, 2])
+    cost = {1: 0.001, 2: 0.004}
+    used = []
+
+    def step() -> None:
+        used.append(torch.get_num_threads())
+        time.sleep(cost[used[-1]])
+
+    for _ in range(300):  # long enough for a full window of (soon stale) 2-thread times
+        tuner.run("decode", 1, step)
+    assert used[-20:].count(1) > 15
+    cost = {1: 0.002, 2: 0.001}
+    used.clear()
+    for _ in range(200):
+        tuner.run("decode", 1, step)
+    tuner.restore()
+    late = used[60:]
+    assert late.count(2) > 0.85 * len(late), f"2 threads in {late.count(2)} of the last {len(late)} steps"
+
+
 def test_thread_tuner_never_tries_a_candidate_out_on_a_large_call(anyio_backend: str) -> None:
     """A burst's prefill on the slower thread count would delay every request in the burst."""
     tuner = ThreadTuner(candidates=[1, 2])
