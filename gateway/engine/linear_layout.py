@@ -19,8 +19,14 @@ from typing import Any
 
 import torch
 
-from gateway.engine.rowwise import RowwiseLinear, build_rowwise_kernel, can_use_rowwise, use_rowwise_linears
-from gateway.engine.speed import PackedLinear, can_prepack, prepack_linears
+from gateway.engine.rowwise import (
+    RowwiseLinear,
+    build_rowwise_kernel,
+    can_use_rowwise,
+    quantize_int8_rowwise,
+    use_rowwise_linears,
+)
+from gateway.engine.speed import PackedLinear, can_prepack, prepack_linears, quantize_int8
 from gateway.specs import LinearKernel
 
 logger = logging.getLogger(__name__)
@@ -90,3 +96,12 @@ def apply_linear_layout(model: Any, kernel_choice: LinearKernel, *, tied_head: b
     elif can_prepack(model):
         done.update(linear_kernel="onednn", linear_layers=prepack_linears(model, tied_head=tied_head))
     return done
+
+
+def apply_int8(model: Any, kernel_choice: LinearKernel, *, cache_dir: Path) -> dict:
+    """int8 Linear layers: weight-only on the rowwise kernel where it builds (and the kernel choice allows it),
+    else torch's dynamic quantization (int8 activations too; the MLP output projections stay fp32)."""
+    kernel = build_rowwise_kernel(cache_dir) if kernel_choice in ("auto", "rowwise") else None
+    if kernel is not None:
+        return {"int8": "weight-only", "int8_linears": quantize_int8_rowwise(model, kernel)}
+    return {"int8": "dynamic", "int8_linears": quantize_int8(model)}

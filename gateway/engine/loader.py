@@ -20,8 +20,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from gateway.engine.gguf_cache import ensure_dequantized
-from gateway.engine.linear_layout import apply_linear_layout
-from gateway.engine.speed import auto_cpu_dtype, compile_forward, quantize_int8
+from gateway.engine.linear_layout import apply_int8, apply_linear_layout
+from gateway.engine.speed import auto_cpu_dtype, compile_forward
 from gateway.settings import EMBEDDED_MODEL, ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -182,12 +182,13 @@ def load_model(
     if not multi_gpu:
         model.to(device)
     model.eval()
-    quantized = 0
-    if spec.quantization == "int8":
-        quantized = quantize_int8(model)
+    kernel = spec.linear_kernel if spec.prepack else "torch"
+    int8: dict[str, Any] = {"int8_linears": 0}
+    if spec.quantization == "int8":  # CPU only (checked above)
+        int8 = apply_int8(model, kernel, cache_dir=Path(cache_dir))
+    quantized = int8["int8_linears"]
     linear = {"linear_kernel": "torch", "linear_layers": 0}
     if device.type == "cpu":  # the layers int8 left alone
-        kernel = spec.linear_kernel if spec.prepack else "torch"
         linear = apply_linear_layout(model, kernel, tied_head=spec.prepack_tied_head, cache_dir=Path(cache_dir))
     if spec.compile:
         compile_forward(model)
@@ -203,7 +204,7 @@ def load_model(
         device,
         isa,
         dtype,
-        f", {quantized} Linear layers int8" if quantized else "",
+        f", {quantized} Linear layers int8 ({int8['int8']})" if quantized else "",
         f", {linear['linear_layers']} Linear layers on the {linear['linear_kernel']} kernel"
         if linear["linear_layers"]
         else "",
@@ -220,7 +221,7 @@ def load_model(
         source=spec.source,
         speed={
             "quantization": spec.quantization,
-            "int8_linears": quantized,
+            **int8,
             **linear,
             "compiled": spec.compile,
         },

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import torch
 
+from gateway.engine.speed import copy_off_checkpoint
+
 logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("rowwise_gemm.c")
@@ -58,21 +60,28 @@ def _cpu_fingerprint() -> str:
 
 
 class RowwiseKernel:
-    """The loaded library; `kernel(x, weight, bias)` computes F.linear for a contiguous fp32 [M, K] x."""
+    """The loaded library: `kernel(x, weight, bias, scale)` is F.linear for a contiguous fp32 [M, K] x, with an
+    fp32 weight, or an int8 weight and one fp32 scale per output row (weight-only int8)."""
 
     def __init__(self, library: ctypes.CDLL, path: Path) -> None:
         self.path = path
-        self._fn = library.rowwise_gemm
         pointer, integer = ctypes.c_void_p, ctypes.c_int
-        self._fn.argtypes = [pointer, pointer, pointer, pointer, integer, integer, integer, integer]
-        self._fn.restype = None
+        self._fns = {}
+        for dtype, name in ((torch.float32, "rowwise_gemm_f32"), (torch.int8, "rowwise_gemm_i8")):
+            fn = getattr(library, name)
+            fn.argtypes = [pointer] * 5 + [integer] * 4
+            fn.restype = None
+            self._fns[dtype] = fn
 
-    def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    def __call__(
+        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, scale: torch.Tensor | None = None
+    ) -> torch.Tensor:
         rows, inner = x.shape
         out = torch.empty(rows, weight.shape[0], dtype=torch.float32, device=x.device)
-        self._fn(  # ctypes releases the GIL for the call, as a torch op would
+        self._fns[weight.dtype](  # ctypes releases the GIL for the call, as a torch op would
             x.data_ptr(),
             weight.data_ptr(),
+            None if scale is None else scale.data_ptr(),
             None if bias is None else bias.data_ptr(),
             out.data_ptr(),
             rows,
@@ -152,4 +161,54 @@ def use_rowwise_linears(model: torch.nn.Module, kernel: RowwiseKernel) -> int:
             if type(child) is torch.nn.Linear and weight.dtype == torch.float32 and weight.is_contiguous():
                 setattr(parent, name, RowwiseLinear(child, kernel))
                 count += 1
+    return count
+
+
+INT8_KERNEL_MAX_ROWS = 64  # above: the layer is widened to fp32 for torch's sgemm (a prefill: compute-bound)
+
+
+class Int8RowwiseLinear(torch.nn.Module):
+    """Weight-only int8 Linear: int8 weights with one fp32 scale per output row, fp32 activations.
+
+    A quarter of fp32's bytes per decode step, and only the weights are rounded (per output channel,
+    symmetric): activations keep fp32, so no layer has to be left out for its activation outliers (the
+    dynamic scheme rounds a whole input tensor to one int8 scale). Large calls (prefill) widen the
+    weight to fp32 for that call and run torch's sgemm.
+    """
+
+    def __init__(self, linear: torch.nn.Module, kernel: RowwiseKernel) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        weight = linear.weight.detach().float()
+        scale = weight.abs().amax(dim=1) / 127.0
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        self.register_buffer("qweight", torch.round(weight / scale[:, None]).clamp_(-127, 127).to(torch.int8))
+        self.register_buffer("scale", scale.contiguous())
+        bias = None if linear.bias is None else linear.bias.detach().float().clone()
+        self.register_buffer("bias", bias)
+        self.kernel = kernel
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1]).float()
+        if flat.shape[0] > INT8_KERNEL_MAX_ROWS:
+            weight = self.qweight.float() * self.scale[:, None]
+            out = torch.nn.functional.linear(flat, weight, self.bias)
+        else:
+            out = self.kernel(flat.contiguous(), self.qweight, self.bias, self.scale)
+        return out.reshape(*shape[:-1], self.out_features).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, weight-only int8, rowwise kernel"
+
+
+def quantize_int8_rowwise(model: torch.nn.Module, kernel: RowwiseKernel) -> int:
+    """Every nn.Linear (the output layer too) becomes weight-only int8; returns how many."""
+    count = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is torch.nn.Linear:
+                setattr(parent, name, Int8RowwiseLinear(child, kernel))
+                count += 1
+    copy_off_checkpoint(model, fresh=(Int8RowwiseLinear,))
     return count

@@ -170,14 +170,20 @@ def prepack_linears(model: Any, *, tied_head: bool = True) -> int:
             if type(child) is torch.nn.Linear and not (keep_tied and child is output):
                 setattr(parent, name, PackedLinear(child))
                 count += 1
+    copy_off_checkpoint(model, fresh=(PackedLinear,))
+    return count
+
+
+def copy_off_checkpoint(model: Any, fresh: tuple[type, ...]) -> None:
+    """Copy every parameter and buffer (but those of the `fresh` module types, made here) off the
+    memory-mapped checkpoint, so the pages of the weights that were replaced leave the process too."""
     with torch.no_grad():
         for param in model.parameters():  # tied parameters appear once
             param.data = param.data.clone()
         for module in model.modules():
             for key, buffer in list(module._buffers.items()):
-                if buffer is not None and not isinstance(module, PackedLinear):
+                if buffer is not None and not isinstance(module, fresh):
                     module._buffers[key] = buffer.clone()
-    return count
 
 
 def compile_forward(model: Any) -> None:

@@ -133,3 +133,47 @@ def test_the_kernel_is_compiled_once_per_cpu_and_source(
     monkeypatch.setattr(linear_layout, "MEASURE_MAX_BYTES", 0)  # too big to measure: rowwise, no packed copy
     done = apply_linear_layout(fresh_tiny(), "auto", tied_head=True, cache_dir=tmp_path)
     assert done["linear_kernel"] == "rowwise" and "measured_ms" not in done
+
+
+@pytest.mark.parametrize("out_features, in_features", SHAPES)
+def test_weight_only_int8_layers_round_only_the_weights(
+    kernel: rowwise.RowwiseKernel, out_features: int, in_features: int, anyio_backend: str
+) -> None:
+    layer = torch.nn.Linear(in_features, out_features)
+    int8 = rowwise.Int8RowwiseLinear(layer, kernel)
+    assert int8.qweight.dtype == torch.int8 and int8.scale.shape == (out_features,)
+    x = torch.randn(1, 80, in_features, generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        exact = layer(x)
+        dequantized = torch.nn.functional.linear(x, int8.qweight.float() * int8.scale[:, None], layer.bias)
+        small, large = int8(x[:, :9]), int8(x)  # 9 rows: the kernel; 80 rows: widened to fp32 for torch
+        alone = torch.cat([int8(x[:, i : i + 1]) for i in range(rowwise.INT8_KERNEL_MAX_ROWS)], dim=1)
+        batch = int8(x[:, : rowwise.INT8_KERNEL_MAX_ROWS])
+    assert torch.allclose(small, dequantized[:, :9], rtol=1e-5, atol=1e-5 * in_features**0.5)
+    assert torch.allclose(large, dequantized, rtol=1e-5, atol=1e-5 * in_features**0.5)
+    assert torch.equal(alone, batch)  # up to INT8_KERNEL_MAX_ROWS rows: the same bits alone or in a batch
+    error = (small - exact[:, :9]).norm() / exact[:, :9].norm()
+    assert error < 0.02, f"relative error {error:.4f}"  # per-row int8 weights, fp32 activations
+
+
+def test_an_int8_model_keeps_fp32_quality_and_every_layer_is_int8(tmp_path: Path, anyio_backend: str) -> None:
+    model = fresh_tiny(tie_word_embeddings=True)
+    ids = torch.randint(0, 1000, (2, 12), generator=torch.Generator().manual_seed(6))
+    with torch.inference_mode():
+        before = model(ids).logits
+        done = linear_layout.apply_int8(model, "auto", cache_dir=tmp_path)
+        if done["int8"] == "dynamic":
+            pytest.skip("no C compiler with OpenMP on this machine")
+        after = model(ids).logits
+    assert done == {"int8": "weight-only", "int8_linears": 2 * 7 + 1}  # down_proj and the tied head too
+    assert not any(type(m) is torch.nn.Linear for m in model.modules())
+    assert type(model.get_input_embeddings()) is torch.nn.Embedding  # lookups keep the fp32 table
+    cosine = torch.nn.functional.cosine_similarity(before.flatten(), after.flatten(), dim=0)
+    assert cosine > 0.999, f"logits cosine to fp32 {cosine:.5f}"
+
+
+def test_int8_without_the_kernel_is_torch_dynamic_quantization(tmp_path: Path, anyio_backend: str) -> None:
+    model = fresh_tiny()
+    done = linear_layout.apply_int8(model, "onednn", cache_dir=tmp_path)  # the rowwise kernel ruled out
+    assert done["int8"] == "dynamic"
+    assert type(model.model.layers[0].mlp.down_proj) is torch.nn.Linear  # left to the Linear kernel choice
