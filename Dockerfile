@@ -4,6 +4,12 @@ FROM python:3.11-slim
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 WORKDIR /app
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1
+# A C compiler: the rowwise fp32/int8 Linear kernel is compiled for the CPU the container runs on, at the first
+# model load (cached under GANTRY_CACHE_DIR/kernels). Without one, the loader keeps oneDNN-packed layers.
+ARG WITH_COMPILER=1
+RUN if [ "$WITH_COMPILER" = "1" ]; then \
+      apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*; \
+    fi
 RUN pip install torch==2.13.0 --index-url "${TORCH_INDEX_URL}"
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway

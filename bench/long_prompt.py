@@ -55,14 +55,14 @@ def cpu_isa() -> str:
     return describe_isa()
 
 
-def load(dtype: str):  # type: ignore[no-untyped-def]
+def load(dtype: str, linear_kernel: str = "auto"):  # type: ignore[no-untyped-def]
     from gateway.engine.loader import hide_triton_without_gpu, load_model, load_tokenizer, materialize
     from gateway.engine.speed import bound_onednn_caches
     from gateway.settings import EMBEDDED_MODEL, EMBEDDED_MODEL_NAME, ModelSpec, Settings
 
     hide_triton_without_gpu()
     bound_onednn_caches()
-    spec = ModelSpec(name=EMBEDDED_MODEL_NAME, source=EMBEDDED_MODEL, dtype=dtype)
+    spec = ModelSpec(name=EMBEDDED_MODEL_NAME, source=EMBEDDED_MODEL, dtype=dtype, linear_kernel=linear_kernel)
     cache_dir = Settings(_env_file=None).cache_dir
     path = materialize(spec, cache_dir)
     tokenizer = load_tokenizer(spec, path)
@@ -129,6 +129,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--max-tokens", type=int, default=1)
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--linear-kernel", default="auto", choices=["auto", "rowwise", "onednn", "torch"])
     parser.add_argument("--with-stream", action="store_true", help="another stream decodes meanwhile")
     parser.add_argument("--json", help="write the results here ('-' = stdout, one JSON line at the end)")
     args = parser.parse_args()
@@ -138,7 +139,7 @@ def main() -> None:
     from gateway.engine.batched import BatchedEngine
     from gateway.gc_heap import release_free_memory
 
-    loaded, tokenizer = load(args.dtype)
+    loaded, tokenizer = load(args.dtype, args.linear_kernel)
     engine = BatchedEngine(loaded.model, tokenizer, name="long-prompt")
     ids = prompt_ids(tokenizer, args.tokens)
     isa = cpu_isa()

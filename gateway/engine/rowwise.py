@@ -163,6 +163,10 @@ def use_rowwise_linears(model: torch.nn.Module, kernel: RowwiseKernel) -> int:
             if type(child) is torch.nn.Linear and weight.dtype == torch.float32 and weight.is_contiguous():
                 setattr(parent, name, RowwiseLinear(child, kernel))
                 count += 1
+    # Weights loaded from safetensors are views of the memory-mapped file: their pages count in RSS only
+    # once touched and may be evicted under memory pressure (a decode step then waits on the disk). As
+    # for the packed layouts, every tensor gets process memory of its own.
+    copy_off_checkpoint(model, fresh=())
     return count
 
 

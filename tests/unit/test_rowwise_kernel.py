@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -178,3 +179,27 @@ def test_int8_without_the_kernel_is_torch_dynamic_quantization(tmp_path: Path, a
     done = linear_layout.apply_int8(model, "onednn", cache_dir=tmp_path)  # the rowwise kernel ruled out
     assert done["int8"] == "dynamic"
     assert type(model.model.layers[0].mlp.down_proj) is torch.nn.Linear  # left to the Linear kernel choice
+
+
+@pytest.mark.parametrize("layout", ["rowwise fp32", "weight-only int8"])
+async def test_greedy_rows_keep_their_solo_text_on_the_kernel(
+    kernel: rowwise.RowwiseKernel, layout: str, anyio_backend: str
+) -> None:
+    """The engine end to end: the same greedy tokens alone and among sampled neighbours (rows join, leave)."""
+    from gateway.engine.batched import BatchedEngine
+    from tests.unit.batched_tiny import PROMPTS, collect, gather, gpt2_tokenizer, params, prompt, tiny_model
+
+    model = copy.deepcopy(tiny_model())  # the cached one is shared with other tests
+    if layout == "rowwise fp32":
+        assert rowwise.use_rowwise_linears(model, kernel) > 0
+    else:
+        assert rowwise.quantize_int8_rowwise(model, kernel) > 0
+    engine = BatchedEngine(model, gpt2_tokenizer(), name="tiny", max_running=16, max_queued=64)
+    try:
+        solo = [await collect(engine, prompt(text), params(40)) for text in PROMPTS]
+        hot = [collect(engine, prompt(t), params(40, seed=i, temperature=1.5)) for i, t in enumerate(PROMPTS * 2)]
+        batch = await gather(*[collect(engine, prompt(text), params(40)) for text in PROMPTS], *hot)
+    finally:
+        await engine.close()
+    for alone, together in zip(solo, batch[: len(PROMPTS)], strict=True):
+        assert together.token_ids == alone.token_ids
