@@ -1,4 +1,4 @@
-"""fp32 Linear layers for decode-sized batches: a small C kernel, built on this machine, for few rows.
+"""fp32 and weight-only int8 Linear layers for decode-sized batches: a small C kernel, built on this machine.
 
 Why by hand: a decode step multiplies 1-16 rows by every weight matrix, so it should run at memory
 bandwidth. Measured on a 2-core Sapphire Rapids (fp32, SmolLM2-135M's shapes, all layers in turn so the
@@ -8,7 +8,8 @@ peak: the kernels do not overlap streaming the weights with the arithmetic), and
 only serves one fixed row count and holds the weights twice. This kernel reads each weight once per 8
 rows, prefetches the next tile's weight rows, and reached 15-25 GB/s at 1-8 rows. It keeps
 nn.Linear's own weight (no second copy: a tied output layer stays shared with the embeddings), and
-a row's result does not depend on the other rows in the call.
+a row's result does not depend on the other rows in the call. The same tiles read int8 weights with one
+scale per output row (`Int8RowwiseLinear`): a quarter of the bytes, activations kept in fp32.
 
 It is compiled with the machine's C compiler for the machine's own vector ISA (`-march=native`: AVX2,
 AVX-512, ...), once per CPU and source, into the cache directory; without a compiler it is simply
