@@ -157,9 +157,8 @@ def popen(cmd: list[str], cwd: Path, env: dict[str, str], log: Any, cpus: set[in
 
 @contextlib.contextmanager
 def paused(targets: list[Target]):  # type: ignore[no-untyped-def]
-    """SIGSTOP these servers' process groups meanwhile: an idle server's background threads (pollers,
-    schedulers) take no CPU from the one being measured. Measured before this: five servers started
-    together, gantry's single stream 8.6 tok/s among them vs 11.7 alone."""
+    """SIGSTOP these servers' process groups meanwhile, so an idle server's background threads (pollers,
+    schedulers, thread pools spinning down) cannot take CPU from the one being measured."""
     groups = [os.getpgid(t.process.pid) for t in targets if t.process is not None and t.process.poll() is None]
     for group in groups:
         os.killpg(group, signal.SIGSTOP)
