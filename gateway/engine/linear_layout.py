@@ -79,6 +79,8 @@ def apply_linear_layout(model: Any, kernel_choice: LinearKernel, *, tied_head: b
     done: dict[str, Any] = {"linear_kernel": "torch", "linear_layers": 0}
     if kernel_choice == "torch" or not (can_prepack(model) or can_use_rowwise(model)):
         return done
+    if not any(type(m) is torch.nn.Linear for m in model.modules()):  # e.g. all weight-only int8 already
+        return done
     kernel = None
     if kernel_choice in ("auto", "rowwise") and can_use_rowwise(model):
         kernel = build_rowwise_kernel(cache_dir)

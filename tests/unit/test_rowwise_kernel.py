@@ -168,6 +168,8 @@ def test_an_int8_model_keeps_fp32_quality_and_every_layer_is_int8(tmp_path: Path
             pytest.skip("no C compiler with OpenMP on this machine")
         after = model(ids).logits
     assert done == {"int8": "weight-only", "int8_linears": 2 * 7 + 1}  # down_proj and the tied head too
+    layout = apply_linear_layout(model, "auto", tied_head=True, cache_dir=tmp_path)
+    assert layout == {"linear_kernel": "torch", "linear_layers": 0}  # nothing left to measure or swap
     assert not any(type(m) is torch.nn.Linear for m in model.modules())
     assert type(model.get_input_embeddings()) is torch.nn.Embedding  # lookups keep the fp32 table
     cosine = torch.nn.functional.cosine_similarity(before.flatten(), after.flatten(), dim=0)
