@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from gateway.engine.speed import copy_off_checkpoint
+from gateway.engine.speed import copy_off_checkpoint, replace_linears
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def build_rowwise_kernel(cache_dir: Path) -> RowwiseKernel | None:
     """Compile (once per CPU, compiler and source) and load the kernel; None where that is not possible."""
     compiler = _compiler()
     if compiler is None or not torch.backends.openmp.is_available():
-        logger.info("rowwise fp32 kernel unavailable: %s", "no C compiler" if compiler is None else "no OpenMP")
+        logger.info("rowwise kernel unavailable: %s", "no C compiler" if compiler is None else "no OpenMP")
         return None
     source = SOURCE.read_bytes()
     flags = _compile_flags()
@@ -121,7 +121,7 @@ def build_rowwise_kernel(cache_dir: Path) -> RowwiseKernel | None:
         return RowwiseKernel(ctypes.CDLL(str(target)), target)
     except (OSError, subprocess.SubprocessError) as exc:
         detail = getattr(exc, "stderr", b"") or b""
-        logger.warning("rowwise fp32 kernel not built (%s) %s", exc, detail.decode(errors="replace")[-500:])
+        logger.warning("rowwise kernel not built (%s) %s", exc, detail.decode(errors="replace")[-500:])
         return None
 
 
@@ -157,13 +157,11 @@ def can_use_rowwise(model: torch.nn.Module) -> bool:
 
 def use_rowwise_linears(model: torch.nn.Module, kernel: RowwiseKernel) -> int:
     """Swap every fp32 nn.Linear (the tied output layer too: its weight stays shared) for a RowwiseLinear."""
-    count = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            weight = getattr(child, "weight", None)
-            if type(child) is torch.nn.Linear and weight.dtype == torch.float32 and weight.is_contiguous():
-                setattr(parent, name, RowwiseLinear(child, kernel))
-                count += 1
+    count = replace_linears(
+        model,
+        lambda layer: RowwiseLinear(layer, kernel),
+        keep=lambda layer: layer.weight.dtype != torch.float32 or not layer.weight.is_contiguous(),
+    )
     # Weights loaded from safetensors are views of the memory-mapped file: their pages count in RSS only
     # once touched and may be evicted under memory pressure (a decode step then waits on the disk). As
     # for the packed layouts, every tensor gets process memory of its own.
@@ -213,11 +211,6 @@ class Int8RowwiseLinear(torch.nn.Module):
 
 def quantize_int8_rowwise(model: torch.nn.Module, kernel: RowwiseKernel) -> int:
     """Every nn.Linear (the output layer too) becomes weight-only int8; returns how many."""
-    count = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is torch.nn.Linear:
-                setattr(parent, name, Int8RowwiseLinear(child, kernel))
-                count += 1
+    count = replace_linears(model, lambda layer: Int8RowwiseLinear(layer, kernel))
     copy_off_checkpoint(model, fresh=(Int8RowwiseLinear,))
     return count

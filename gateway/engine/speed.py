@@ -164,13 +164,19 @@ def prepack_linears(model: Any, *, tied_head: bool = True) -> int:
     tied = output is not None and inputs is not None and getattr(output, "weight", None) is inputs.weight
     leave_head = not tied_head or inputs.weight.nbytes > TIED_HEAD_PACK_MAX_BYTES
     keep_tied = tied and inputs.weight.dtype == torch.float32 and leave_head
+    count = replace_linears(model, PackedLinear, keep=lambda child: keep_tied and child is output)
+    copy_off_checkpoint(model, fresh=(PackedLinear,))
+    return count
+
+
+def replace_linears(model: Any, build: Any, keep: Any = lambda child: False) -> int:
+    """Put `build(layer)` in place of every plain nn.Linear that `keep` does not keep; returns how many."""
     count = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if type(child) is torch.nn.Linear and not (keep_tied and child is output):
-                setattr(parent, name, PackedLinear(child))
+            if type(child) is torch.nn.Linear and not keep(child):
+                setattr(parent, name, build(child))
                 count += 1
-    copy_off_checkpoint(model, fresh=(PackedLinear,))
     return count
 
 
