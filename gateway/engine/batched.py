@@ -40,6 +40,7 @@ from gateway.engine.beam import run_beam_search
 from gateway.engine.chunked_prefill import ChunkScheduler
 from gateway.engine.detok import IncrementalDetokenizer
 from gateway.engine.kvcache import BatchKVCache, attention_mask_dtype, forward_last_logits
+from gateway.engine.lean_decode import DecodeForward
 from gateway.engine.logits import prompt_logprobs
 from gateway.engine.rows import Outbox, Seq, shared_prefix
 from gateway.engine.sampling import RowSampling, sample
@@ -70,6 +71,7 @@ class BatchedEngine:
         max_prefill_tokens: int = 2048,
         pad_token_id: int | None = None,
         prefill_chunk_tokens: int = 0,
+        lean_decode: bool = True,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -83,6 +85,7 @@ class BatchedEngine:
         config = model.config.get_text_config(decoder=True)
         self._mask_dtype = attention_mask_dtype(model)
         self.cache = BatchKVCache(config.num_hidden_layers, self.device)
+        self.decode_forward = DecodeForward(model, self.cache, self._forward, allowed=lean_decode)
         self.tuner = ThreadTuner()
         self.chunking = ChunkScheduler(prefill_chunk_tokens)
         self._active: list[Seq] = []  # row i of the cache is _active[i]
@@ -404,7 +407,7 @@ class BatchedEngine:
         self.cache.lookahead = self._lookahead(self._active)
         input_ids, position_ids, mask = self.cache.begin_decode()
         self.batch_size = len(self._active)
-        logits = self.tuner.run("decode", 1, self._forward, input_ids, position_ids, mask)
+        logits = self.tuner.run("decode", 1, self.decode_forward, input_ids, position_ids, mask)
         self.cache.end_decode()
         self.steps += 1
         self._advance(list(self._active), logits, 0, out)
