@@ -63,6 +63,7 @@ class Target:
     url: str = ""
     model_id: str = ""
     peak_rss: int = 0
+    repo: Path | None = None  # a gantry target's checkout (default: this one)
 
 
 @dataclass
@@ -125,7 +126,7 @@ def start(target: Target, path: Path, log_dir: Path, vllm_venv: Path | None = No
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     env = {k: v for k, v in env.items() if not k.startswith("GANTRY_")} | target.env
     if target.kind == "gantry":
-        env["PYTHONPATH"] = str(REPO)  # this checkout's gateway, not whatever the venv has installed
+        env["PYTHONPATH"] = str(target.repo or REPO)  # this checkout's gateway, not whatever the venv installed
         cmd = [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level"]
         cmd += ["warning", *target.args]
         target.model_id = "smollm2-135m-instruct"

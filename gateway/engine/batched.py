@@ -40,7 +40,7 @@ from gateway.engine.beam import run_beam_search
 from gateway.engine.chunked_prefill import ChunkScheduler
 from gateway.engine.detok import IncrementalDetokenizer
 from gateway.engine.kvcache import BatchKVCache, attention_mask_dtype, forward_last_logits
-from gateway.engine.lean_decode import DecodeForward
+from gateway.engine.lean_forward import LeanPath
 from gateway.engine.logits import prompt_logprobs
 from gateway.engine.rows import Outbox, Seq, shared_prefix
 from gateway.engine.sampling import RowSampling, sample
@@ -71,7 +71,7 @@ class BatchedEngine:
         max_prefill_tokens: int = 2048,
         pad_token_id: int | None = None,
         prefill_chunk_tokens: int = 0,
-        lean_decode: bool = True,
+        lean: bool = True,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -85,7 +85,7 @@ class BatchedEngine:
         config = model.config.get_text_config(decoder=True)
         self._mask_dtype = attention_mask_dtype(model)
         self.cache = BatchKVCache(config.num_hidden_layers, self.device)
-        self.decode_forward = DecodeForward(model, self.cache, self._forward, allowed=lean_decode)
+        self.lean = LeanPath(model, self.cache, self._forward, allowed=lean)
         self.tuner = ThreadTuner()
         self.chunking = ChunkScheduler(prefill_chunk_tokens)
         self._active: list[Seq] = []  # row i of the cache is _active[i]
@@ -395,8 +395,8 @@ class BatchedEngine:
         self._active.append(seq)
         self._advance([seq], logits, first, out)
 
-    def _chunk_forward(self, work: int, *args: torch.Tensor) -> torch.Tensor:
-        return self.tuner.run("prefill", work, self._forward, *args)
+    def _chunk_forward(self, work: int, *args: Any) -> torch.Tensor:
+        return self.tuner.run("prefill", work, self.lean.chunk, *args)
 
     @staticmethod
     def _lookahead(seqs: list[Seq]) -> int:
@@ -407,7 +407,7 @@ class BatchedEngine:
         self.cache.lookahead = self._lookahead(self._active)
         input_ids, position_ids, mask = self.cache.begin_decode()
         self.batch_size = len(self._active)
-        logits = self.tuner.run("decode", 1, self.decode_forward, input_ids, position_ids, mask)
+        logits = self.tuner.run("decode", 1, self.lean.decode, input_ids, position_ids, mask)
         self.cache.end_decode()
         self.steps += 1
         self._advance(list(self._active), logits, 0, out)

@@ -91,14 +91,15 @@ class ChunkScheduler:
 
     def step(self, cache: BatchKVCache, forward: Any, size: int | None = None) -> torch.Tensor | None:
         """Run the next chunk (`size` tokens, default chunk_tokens); the last position's logits [1, vocab] once
-        the prompt is complete, else None. `forward(work, input_ids, position_ids, mask)` runs the model."""
+        the prompt is complete, else None. `forward(work, input_ids, position_ids, mask, prefix)` runs the
+        model (`prefix`: the prompt tokens already in the cache, all visible to every token of the chunk)."""
         current = self.current
         assert current is not None
         size = min(size or self.chunk_tokens, current.left)
         position_ids, mask = cache.target_chunk(current.done, size)
         piece = current.prompt[current.done : current.done + size]
         input_ids = torch.tensor([piece], dtype=torch.long, device=cache.device)
-        logits = forward(size, input_ids, position_ids, mask)
+        logits = forward(size, input_ids, position_ids, mask, current.done)
         current.done += size
         self.chunks += 1
         if current.left:

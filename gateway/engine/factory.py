@@ -54,7 +54,7 @@ def build_engine(spec: ModelSpec, model: Any, tokenizer: Any, *, pad_token_id: i
                 max_queued=spec.max_queued,
                 pad_token_id=pad_token_id,
                 prefill_chunk_tokens=spec.prefill_chunk_tokens,
-                lean_decode=not spec.compile,  # a compiled forward is the faster one to keep
+                lean=not spec.compile,  # a compiled forward is the faster one to keep
             )
             return engine, "batched"
         if spec.engine == "batched":

@@ -1,23 +1,25 @@
-"""The lean decode step gives the model's own logits bit for bit, or is not used.
+"""The lean forward gives the model's own logits (decode: bit for bit; prompt chunks: to rounding), or is not used.
 
-Tiny random models of every architecture the lean step claims (GQA and not, q/k/v biases, per-head
+Tiny random models of every architecture the lean stack claims (GQA and not, q/k/v biases, per-head
 q/k norms), on torch's Linear, the rowwise kernel and its weight-only int8 layers; rows of different
-lengths, masked holes, a row leaving mid-way. Then the guard: an unsupported model or a lean step that
-disagrees with the model's forward falls back to the forward, and the engine runs verified.
+lengths, masked holes, a row leaving mid-way; a long prompt in chunks with decode steps between them.
+Then the guard: an unsupported model or a lean step that disagrees with the model's forward falls back
+to the forward, and the engine runs the checked lean stack.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from typing import Any
 
 import pytest
 import torch
 
-from gateway.engine import lean_decode
+from gateway.engine import lean_forward
 from gateway.engine.batched import BatchedEngine
 from gateway.engine.kvcache import BatchKVCache, forward_last_logits
-from gateway.engine.lean_decode import DecodeForward, LeanDecoder, lean_support
+from gateway.engine.lean_forward import LeanForward, LeanPath, lean_support, prefix_causal_attention
 from gateway.engine.rowwise import build_rowwise_kernel, quantize_int8_rowwise, use_rowwise_linears
 from tests.unit.batched_tiny import PROMPTS, collect, gpt2_tokenizer, params, prompt, tiny_model
 
@@ -69,7 +71,7 @@ MODELS = {
 def steps_both_ways(model: Any, steps: int = 5) -> None:
     """Prefill three rows of different lengths, then decode: lean and model forward on the same cache."""
     cache = BatchKVCache(model.config.num_hidden_layers, torch.device("cpu"))
-    lean = LeanDecoder(model)
+    lean = LeanForward(model)
     lengths = [5, 11, 2]
     generator = torch.Generator().manual_seed(3)
     with torch.inference_mode():
@@ -81,7 +83,7 @@ def steps_both_ways(model: Any, steps: int = 5) -> None:
         for step in range(steps):
             cache.tokens[: cache.rows] = torch.randint(0, VOCAB, (cache.rows,), generator=generator)
             ids, positions, mask = cache.begin_decode()
-            got = lean(cache, ids, positions, mask)  # first: the model's forward then rewrites the column
+            got = lean.decode(cache, ids, positions, mask)  # first: the model's forward then rewrites the column
             expected = forward_last_logits(model, cache, ids, positions, mask, None)
             cache.end_decode()
             assert torch.equal(got, expected), f"step {step}: max diff {(got - expected).abs().max()}"
@@ -94,6 +96,57 @@ def test_lean_step_matches_the_model_forward_bit_for_bit(name: str, anyio_backen
     model = MODELS[name]()
     assert lean_support(model) is None
     steps_both_ways(model)
+
+
+@pytest.mark.parametrize("prefix, size", [(0, 7), (5, 1), (23, 9), (40, 40)])
+def test_split_attention_equals_one_masked_call(prefix: int, size: int, anyio_backend: str) -> None:
+    generator = torch.Generator().manual_seed(prefix + size)
+    query = torch.randn(1, 6, size, 16, generator=generator)
+    keys, values = (torch.randn(1, 2, prefix + size, 16, generator=generator) for _ in range(2))
+    rows = torch.arange(prefix, prefix + size)[:, None]
+    mask = (torch.arange(prefix + size)[None, :] <= rows)[None, None]
+    expected = torch.nn.functional.scaled_dot_product_attention(query, keys, values, attn_mask=mask, enable_gqa=True)
+    got = prefix_causal_attention(query, keys, values, prefix, 16**-0.5)
+    assert torch.allclose(got, expected, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_lean_chunks_match_the_model_forward_with_decode_steps_between(name: str, anyio_backend: str) -> None:
+    """A 45-token prompt in chunks of 16 in the pending row while another row decodes: as the model's forward."""
+    model = MODELS[name]()
+    generator = torch.Generator().manual_seed(5)
+    prompt = torch.randint(0, VOCAB, (1, 45), generator=generator)
+    results = {}
+    for lean in (False, True):
+        cache = BatchKVCache(model.config.num_hidden_layers, torch.device("cpu"))
+        stack = LeanForward(model)
+        with torch.inference_mode():
+            positions, mask = cache.begin_prefill([6])
+            forward_last_logits(model, cache, prompt[:, :6] + 1, positions, mask, None)
+            cache.end_prefill([6])
+            cache.lookahead = 8
+            cache.begin_pending(45)
+            chunks, done = [], 0
+            while done < 45:
+                size = min(16, 45 - done)
+                positions, mask = cache.target_chunk(done, size)
+                ids = prompt[:, done : done + size]
+                if lean:
+                    chunks.append(stack.chunk(cache, ids, positions, done))
+                else:
+                    chunks.append(forward_last_logits(model, cache, ids, positions, mask, None))
+                done += size
+                ids, positions, mask = cache.begin_decode()  # the other row goes on between chunks
+                forward_last_logits(model, cache, ids, positions, mask, None)
+                cache.end_decode()
+            cache.end_pending(45)
+            cache.tokens[:2] = torch.tensor([3, 4])
+            ids, positions, mask = cache.begin_decode()
+            after = forward_last_logits(model, cache, ids, positions, mask, None)
+        results[lean] = (chunks, after)
+    for got, expected in zip(results[True][0], results[False][0], strict=True):
+        assert torch.allclose(got, expected, atol=1e-5, rtol=1e-4), (got - expected).abs().max()
+    assert torch.allclose(results[True][1], results[False][1], atol=1e-5, rtol=1e-4)  # the KV it wrote
 
 
 @pytest.fixture(scope="module")
@@ -126,32 +179,31 @@ def test_models_it_does_not_know_keep_their_own_forward(anyio_backend: str) -> N
     assert lean_support(hooked).startswith("module hooks")
 
     calls = []
-    forward = DecodeForward(gpt2, BatchKVCache(1, torch.device("cpu")), lambda *args: calls.append(args) or "full")
-    assert forward.path == "model" and forward(1, 2, 3) == "full" and calls == [(1, 2, 3)]
-    not_allowed = DecodeForward(tiny_model(), BatchKVCache(2, torch.device("cpu")), lambda *a: None, allowed=False)
+    forward = LeanPath(gpt2, BatchKVCache(1, torch.device("cpu")), lambda *args: calls.append(args) or "full")
+    assert forward.path == "model" and forward.decode(1, 2, 3) == "full" and calls == [(1, 2, 3)]
+    not_allowed = LeanPath(tiny_model(), BatchKVCache(2, torch.device("cpu")), lambda *a: None, allowed=False)
     assert not_allowed.path == "model"
 
 
-async def test_a_lean_step_that_disagrees_is_dropped_and_its_step_keeps_the_model_logits(
+async def test_a_lean_stack_that_disagrees_is_off_from_the_start(
     monkeypatch: pytest.MonkeyPatch, anyio_backend: str
 ) -> None:
-    """A transformers release that changed a layer would make the first step differ: the engine falls back."""
+    """A transformers release that changed a layer would fail the check at start: the engine keeps the forward."""
     model = tiny_model()
-    reference = BatchedEngine(model, gpt2_tokenizer(), name="reference", lean_decode=False)
+    reference = BatchedEngine(model, gpt2_tokenizer(), name="reference", lean=False)
     try:
         expected = [await collect(reference, prompt(text), params(12)) for text in PROMPTS[:3]]
     finally:
         await reference.close()
-    assert reference.decode_forward.path == "model"
+    assert reference.lean.path == "model"
 
-    monkeypatch.setattr(lean_decode, "_rotate_half", lambda x: torch.cat((x[..., 1:], x[..., :1]), dim=-1))
+    monkeypatch.setattr(lean_forward, "_rotate_half", lambda x: torch.cat((x[..., 1:], x[..., :1]), dim=-1))
     engine = BatchedEngine(model, gpt2_tokenizer(), name="changed")
     try:
-        assert engine.decode_forward.path == "lean"
+        assert engine.lean.path == "model"  # the check at start caught it
         got = [await collect(engine, prompt(text), params(12)) for text in PROMPTS[:3]]
     finally:
         await engine.close()
-    assert engine.decode_forward.path == "model" and not engine.decode_forward.verified
     assert [r.token_ids for r in got] == [r.token_ids for r in expected]
 
 
@@ -159,13 +211,37 @@ async def test_the_engine_decodes_on_the_verified_lean_step_with_the_same_tokens
     model = tiny_model()
     outputs = {}
     for lean in (False, True):
-        engine = BatchedEngine(model, gpt2_tokenizer(), name=f"lean-{lean}", lean_decode=lean)
+        engine = BatchedEngine(model, gpt2_tokenizer(), name=f"lean-{lean}", lean=lean)
         try:
             hot = {"temperature": 1.1, "seed": 5, "logprobs": 3}
             results = [await collect(engine, prompt(text), params(20, **hot)) for text in PROMPTS]
         finally:
             await engine.close()
-        assert engine.decode_forward.path == ("lean" if lean else "model")
-        assert engine.decode_forward.verified is lean
+        assert engine.lean.path == ("lean" if lean else "model")
         outputs[lean] = [(r.token_ids, [(lp.token_id, lp.logprob, lp.top) for lp in r.logprobs]) for r in results]
     assert outputs[True] == outputs[False]
+
+
+async def test_long_prompts_prefill_through_lean_chunks_with_the_same_tokens(
+    monkeypatch: pytest.MonkeyPatch, anyio_backend: str
+) -> None:
+    chunk_calls = []
+    original = LeanForward.chunk
+    monkeypatch.setattr(LeanForward, "chunk", lambda self, *args: chunk_calls.append(args[-1]) or original(self, *args))
+    model = tiny_model()
+    long_prompt = prompt(" ".join(PROMPTS) * 3)
+    outputs = {}
+    for lean in (False, True):
+        engine = BatchedEngine(model, gpt2_tokenizer(), name=f"chunks-{lean}", lean=lean, prefill_chunk_tokens=16)
+        try:
+            results = await asyncio.gather(
+                collect(engine, long_prompt, params(16, logprobs=2)), collect(engine, prompt(PROMPTS[1]), params(40))
+            )
+        finally:
+            await engine.close()
+        assert engine.chunking.chunks >= len(long_prompt) // 16
+        outputs[lean] = results
+    assert chunk_calls[:3] == [0, 16, 32]  # each chunk after the tokens already in the cache
+    for got, want in zip(outputs[True], outputs[False], strict=True):
+        assert got.token_ids == want.token_ids
+        assert [t.logprob for t in got.logprobs] == pytest.approx([t.logprob for t in want.logprobs], abs=1e-4)
