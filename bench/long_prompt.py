@@ -137,7 +137,9 @@ def main() -> None:
     import torch
 
     from gateway.engine.batched import BatchedEngine
-    from gateway.gc_heap import release_free_memory
+    from gateway.gc_heap import bound_heap_retention, release_free_memory
+
+    bound_heap_retention()  # as the server does at start
 
     loaded, tokenizer = load(args.dtype, args.linear_kernel)
     engine = BatchedEngine(loaded.model, tokenizer, name="long-prompt")
