@@ -117,6 +117,7 @@ def build_served_model(spec: ModelSpec, *, cache_dir: Any, adapters: AdapterRegi
             "device": str(loaded.device),
             "dtype": str(loaded.dtype).removeprefix("torch."),
             "engine": kind,
+            "forward": getattr(getattr(engine, "lean", None), "path", "model"),  # lean_forward.LeanPath
             **loaded.speed,
         },
     )

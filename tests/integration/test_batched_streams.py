@@ -56,6 +56,7 @@ def test_eight_concurrent_streams_on_the_default_server(server: RunningServer) -
     assert all(text and finish in ("stop", "length") and 0 < tokens <= 24 for text, finish, tokens in together)
     details = httpx.get(f"{server.base_url}/models/{MODEL}", timeout=10).json()["details"]
     assert details["engine"] == "batched"
+    assert details["forward"] == "lean"  # SmolLM2 is a Llama: the lean stack passed its check at start
 
 
 @pytest.fixture(scope="module")

@@ -101,3 +101,39 @@ def test_collections_are_timed_by_generation_while_the_timer_is_installed() -> N
     assert pauses.pauses[0].counts != [0] * len(pauses.pauses[0].counts)
     gc.collect()  # removed: no longer observed
     assert full_collections() == (count, seconds)
+
+
+FREED_BUFFERS = """
+import sys, torch
+from gateway.gc_heap import bound_heap_retention
+if sys.argv[1] == "pinned":
+    bound_heap_retention()
+def rss():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) << 10
+big = torch.ones(16 << 18)  # 16 MiB, mapped: once freed, glibc raises its mmap threshold to that size
+del big
+before = rss()
+buffers = [torch.ones(1 << 18) for _ in range(24)]  # activations: 24 x 1 MiB, written, then freed
+del buffers
+print(rss() - before)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmRSS from /proc")
+@pytest.mark.parametrize("mode", ["default", "pinned"])
+def test_freed_activation_buffers_go_back_to_the_os_once_thresholds_are_pinned(mode: str) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    run = subprocess.run(
+        [sys.executable, "-c", FREED_BUFFERS, mode], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    kept = int(run.stdout.split()[-1])
+    if mode == "pinned":
+        assert kept < 6 << 20, f"{kept / 2**20:.1f} MiB of freed buffers still resident"
+    else:  # glibc's default keeps them: what the pinning is for (if this changes, the pinning may go)
+        assert kept > 16 << 20, f"only {kept / 2**20:.1f} MiB kept by glibc's defaults"
