@@ -100,7 +100,7 @@ def prefix_causal_attention(
         return own
     early, early_lse = flash(query, keys[:, :, :prefix], values[:, :, :prefix], 0.0, False, scale=scale)[:2]
     total = torch.logaddexp(early_lse, own_lse)
-    merged = early * torch.exp(early_lse - total)[..., None] + own * torch.exp(own_lse - total)[..., None]
+    merged = early.mul_(torch.exp(early_lse - total)[..., None]).add_(own.mul_(torch.exp(own_lse - total)[..., None]))
     return merged.to(query.dtype)
 
 
@@ -157,12 +157,14 @@ class LeanForward:
             v = attn.v_proj.forward(h).view(tokens, -1, self.head_dim)
             if hasattr(attn, "q_norm"):  # Qwen3: RMSNorm over each head
                 q, k = _rms_norm(attn.q_norm, q), _rms_norm(attn.k_norm, k)
-            q = (q * cos) + (_rotate_half(q) * sin)
-            k = (k * cos) + (_rotate_half(k) * sin)
+            # in place where the tensor is a fresh temporary: the same ops, fewer live buffers in a chunk
+            q = (q * cos).add_(_rotate_half(q).mul_(sin))
+            k = (k * cos).add_(_rotate_half(k).mul_(sin))
             x = x + attn.o_proj.forward(attend(q, k, v, index, attn.scaling))
             h = _rms_norm(layer.post_attention_layernorm, x)
             mlp = layer.mlp
-            x = x + mlp.down_proj.forward(F.silu(mlp.gate_proj.forward(h)) * mlp.up_proj.forward(h))
+            gate = F.silu(mlp.gate_proj.forward(h), inplace=True)
+            x = x + mlp.down_proj.forward(gate.mul_(mlp.up_proj.forward(h)))
         if last_only:
             x = x[-1:]
         return self.model.lm_head.forward(_rms_norm(inner.norm, x))
