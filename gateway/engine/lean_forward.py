@@ -62,7 +62,7 @@ def _has_hooks(model: torch.nn.Module) -> bool:
 
 
 def lean_support(model: Any) -> str | None:
-    """None when `LeanDecoder` can run this model; else why not (the model's own forward is used)."""
+    """None when `LeanForward` can run this model; else why not (the model's own forward is used)."""
     architecture = type(model).__name__
     classes = LEAN_ARCHITECTURES.get(architecture)
     if classes is None:
