@@ -207,8 +207,11 @@ class LeanPath:
         name = getattr(model.config, "name_or_path", type(model).__name__)
         reason = lean_support(model) if allowed else "not allowed (compiled forward)"
         self.lean: LeanForward | None = LeanForward(model) if reason is None else None
-        if self.lean is not None and not matches_model_forward(model, self.lean):
-            reason, self.lean = "its logits differ from the model's forward", None
+        try:
+            if self.lean is not None and not matches_model_forward(model, self.lean):
+                reason, self.lean = "its logits differ from the model's forward", None
+        except Exception as exc:  # noqa: BLE001 - the check must never keep the model from loading
+            reason, self.lean = f"its check failed ({type(exc).__name__}: {exc})", None
         self.on_cpu = next(model.parameters()).device.type == "cpu"
         if reason is None:
             logger.info("lean forward on for %s (matched the model's forward bit for bit)", name)

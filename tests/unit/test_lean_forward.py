@@ -245,3 +245,12 @@ async def test_long_prompts_prefill_through_lean_chunks_with_the_same_tokens(
     for got, want in zip(outputs[True], outputs[False], strict=True):
         assert got.token_ids == want.token_ids
         assert [t.logprob for t in got.logprobs] == pytest.approx([t.logprob for t in want.logprobs], abs=1e-4)
+
+
+def test_a_check_that_raises_keeps_the_model_forward(monkeypatch: pytest.MonkeyPatch, anyio_backend: str) -> None:
+    def broken(*args: Any) -> bool:
+        raise RuntimeError("unexpected shape")
+
+    monkeypatch.setattr(lean_forward, "matches_model_forward", broken)
+    path = LeanPath(tiny_model(), BatchKVCache(2, torch.device("cpu")), lambda *args: "full")
+    assert path.path == "model" and path.decode(1, 2, 3) == "full"
