@@ -35,8 +35,9 @@ TEXT = (
 )
 
 
-def status(key: str) -> int:
-    with open("/proc/self/status") as f:
+def status(key: str, pid: int | str = "self") -> int:
+    """A /proc/<pid>/status figure in bytes (VmRSS, VmHWM, ...)."""
+    with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024

@@ -29,15 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.isa import describe_isa  # noqa: E402
-from bench.long_prompt import TEXT  # noqa: E402
+from bench.long_prompt import TEXT, status  # noqa: E402
 from bench.run import Target, model_dir, paused, say, start, wait_ready  # noqa: E402
-
-
-def proc_status(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * 1024
-    raise KeyError(key)
 
 
 def prompt_text(tokens: int) -> str:
@@ -53,7 +46,7 @@ def prompt_text(tokens: int) -> str:
 def measure(target: Target, text: str, timeout: float) -> dict:
     assert target.process is not None
     pid = target.process.pid
-    before = proc_status(pid, "VmRSS")
+    before = status("VmRSS", pid)
     Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM := VmRSS
     body = {"model": target.model_id, "prompt": text, "max_tokens": 1, "temperature": 0}
     started = time.perf_counter()
@@ -63,7 +56,7 @@ def measure(target: Target, text: str, timeout: float) -> dict:
     answer = response.json()
     return {
         "seconds": seconds,
-        "peak_rise_bytes": proc_status(pid, "VmHWM") - before,
+        "peak_rise_bytes": status("VmHWM", pid) - before,
         "prompt_tokens": answer["usage"]["prompt_tokens"],
         "text": answer["choices"][0]["text"],
     }

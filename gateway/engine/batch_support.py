@@ -46,6 +46,24 @@ def _forward(model: Any, cache: BatchKVCache, ids, positions, mask) -> torch.Ten
     return forward_last_logits(model, cache, ids, positions, mask, attention_mask_dtype(model)).float()
 
 
+def probe_prompts(vocab: int) -> tuple[list[list[int]], list[int]]:
+    """Two prompts of different lengths (the shorter one left-padded: a masked hole) and a next token each."""
+    return [[(7 * i + 3) % vocab for i in range(6)], [(11 * i + 5) % vocab for i in range(3)]], [13 % vocab, 17 % vocab]
+
+
+def probe_step(model: Any, cache: BatchKVCache, forward: Any) -> tuple[torch.Tensor, tuple]:
+    """Prefill the probe prompts into `cache` with `forward(model, cache, ids, positions, mask)`, then lay out
+    one decode step of their next tokens: (the prefill logits, (ids, positions, mask) of that step)."""
+    prompts, nxt = probe_prompts(int(model.config.get_text_config(decoder=True).vocab_size))
+    lengths = [len(p) for p in prompts]
+    positions, mask = cache.begin_prefill(lengths)
+    ids = torch.tensor([[0] * (max(lengths) - len(p)) + p for p in prompts], device=cache.device)
+    first = forward(model, cache, ids, positions, mask)
+    cache.end_prefill(lengths)
+    cache.tokens[:2] = torch.tensor(nxt, device=cache.device)
+    return first, cache.begin_decode()
+
+
 def batched_support(model: Any) -> str | None:
     """None when the batched engine gives this model the same logits as a plain forward; else why not."""
     reason = _static_reason(model)
@@ -54,20 +72,11 @@ def batched_support(model: Any) -> str | None:
     device = next(model.parameters()).device
     if device.type != "cpu":
         return None  # the check below runs on CPU tensors; GPU models pass on the static checks
-    vocab = int(model.config.get_text_config(decoder=True).vocab_size)
-    prompts = [[(7 * i + 3) % vocab for i in range(6)], [(11 * i + 5) % vocab for i in range(3)]]
-    nxt = [(13 % vocab), (17 % vocab)]
+    prompts, nxt = probe_prompts(int(model.config.get_text_config(decoder=True).vocab_size))
     try:
         with torch.inference_mode():
             cache = BatchKVCache(model.config.num_hidden_layers, device)
-            lengths = [len(p) for p in prompts]
-            positions, mask = cache.begin_prefill(lengths)
-            width = max(lengths)
-            ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
-            first = _forward(model, cache, ids, positions, mask)
-            cache.end_prefill(lengths)
-            cache.tokens[:2] = torch.tensor(nxt)
-            ids, positions, mask = cache.begin_decode()
+            first, (ids, positions, mask) = probe_step(model, cache, _forward)
             second = _forward(model, cache, ids, positions, mask)
             cache.end_decode()
             expected = [

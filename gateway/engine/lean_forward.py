@@ -25,6 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from gateway.engine.batch_support import probe_step
 from gateway.engine.kvcache import BatchKVCache, forward_last_logits
 
 logger = logging.getLogger(__name__)
@@ -172,25 +173,21 @@ class LeanForward:
 
 def matches_model_forward(model: Any, lean: LeanForward) -> bool:
     """A decode step of two rows (different prompt lengths: a masked hole) through both: identical logits?"""
-    device = next(model.parameters()).device
-    vocab = int(model.config.vocab_size)
-    prompts = [[(7 * i + 3) % vocab for i in range(5)], [(11 * i + 5) % vocab for i in range(3)]]
-    cache = BatchKVCache(model.config.num_hidden_layers, device)
+    cache = BatchKVCache(model.config.num_hidden_layers, next(model.parameters()).device)
     with torch.inference_mode():
-        positions, mask = cache.begin_prefill([5, 3])
-        ids = torch.tensor([prompts[0], [0, 0, *prompts[1]]], device=device)
-        forward_last_logits(model, cache, ids, positions, mask, None)
-        cache.end_prefill([5, 3])
-        cache.tokens[:2] = torch.tensor([13 % vocab, 17 % vocab], device=device)
-        ids, positions, mask = cache.begin_decode()
+        _, (ids, positions, mask) = probe_step(model, cache, _model_forward)
         got = lean.decode(cache, ids, positions, mask)  # first: the model's forward then rewrites the column
-        expected = forward_last_logits(model, cache, ids, positions, mask, None)
+        expected = _model_forward(model, cache, ids, positions, mask)
     if torch.equal(got, expected):
         return True
     logger.warning(
         "lean forward: logits differ from the model's forward by up to %.3g", float((got - expected).abs().max())
     )
     return False
+
+
+def _model_forward(model: Any, cache: BatchKVCache, ids, positions, mask) -> torch.Tensor:
+    return forward_last_logits(model, cache, ids, positions, mask, None)  # sdpa (lean_support): boolean masks
 
 
 class LeanPath:
