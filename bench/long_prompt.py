@@ -119,7 +119,13 @@ async def with_stream(engine, ids: list[int], max_tokens: int, other: list[int])
     gaps = [(b - a, a, b) for a, b in zip(stamps, stamps[1:], strict=False)]
     normal = [g for g, _, end in gaps if end < submitted][5:]  # after the stream's own first steps
     during = [g for g, start, end in gaps if end > submitted and start < done]  # incl. a stall across it
-    return tokens, {"gap_p95_normal": p95(normal), "gap_p95_during": p95(during), "gaps_during": len(during)}
+    return tokens, {
+        "gap_p95_normal": p95(normal),
+        "gap_p95_during": p95(during),
+        "gap_p50_normal": statistics.median(normal),
+        "gap_p50_during": statistics.median(during),
+        "gaps_during": len(during),
+    }
 
 
 def main() -> None:
@@ -174,7 +180,8 @@ def main() -> None:
             if gaps:
                 line += (
                     f"  other stream gap p95 {gaps['gap_p95_normal'] * 1000:.0f} ms normal, "
-                    f"{gaps['gap_p95_during'] * 1000:.0f} ms during ({gaps['gaps_during']} gaps)"
+                    f"{gaps['gap_p95_during'] * 1000:.0f} ms during ({gaps['gaps_during']} gaps; "
+                    f"p50 {gaps['gap_p50_normal'] * 1000:.0f} / {gaps['gap_p50_during'] * 1000:.0f} ms)"
                 )
             print(line, flush=True)  # noqa: T201
     asyncio.run(engine.close())

@@ -99,7 +99,7 @@ class Settings(BaseSettings, AccessSettings):  # AccessSettings: keys, limits, t
         default=512,
         ge=0,
         description="Prompt tokens per prefill forward: a longer prompt is prefilled in chunks of this size, with "
-        "decode steps of running requests between them (bounded memory, streams keep going); 0 = off.",
+        "the decode steps of running requests (bounded memory, streams keep going); 0 = off.",
     )
     quantization: Quantization = Field(
         default="none", description="Weight quantization: none, or int8 (dynamic int8 Linear layers, CPU only)."

@@ -155,7 +155,7 @@ class ModelSpec(SpecBase):
         default=512,
         ge=0,
         description="Prompt tokens per prefill forward: a longer prompt is prefilled in chunks of this size, with "
-        "decode steps of running requests between them (bounded memory, streams keep going); 0 = off.",
+        "the decode steps of running requests (bounded memory, streams keep going); 0 = off.",
     )
     quantization: Quantization = Field(
         default="none", description="int8 = dynamic int8 quantization of Linear layers (CPU only; faster, lossy)."

@@ -7,7 +7,8 @@ KV cache (`BatchKVCache`). Each iteration:
 2. admits waiting requests into free slots (≤ max_running) and prefills them together in one
    left-padded forward; their first token is sampled from the prefill logits and sent at once;
    a prompt longer than `prefill_chunk_tokens` is prefilled alone, one chunk per iteration
-   (gateway/engine/chunked_prefill.py), so the running rows keep decoding between its chunks;
+   (gateway/engine/chunked_prefill.py), in the same forward as the running rows' decode step where
+   the lean stack runs (a mixed step), so they keep decoding while it fills;
 3. runs one decode step for every active row (one token each), samples every row with its own
    parameters (`sampling.sample`), decodes text incrementally and retires rows that stopped.
 
@@ -28,7 +29,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
@@ -41,12 +42,12 @@ from gateway.engine.chunked_prefill import ChunkScheduler
 from gateway.engine.detok import IncrementalDetokenizer
 from gateway.engine.kvcache import BatchKVCache, attention_mask_dtype, forward_last_logits
 from gateway.engine.lean_forward import LeanPath
-from gateway.engine.logits import prompt_logprobs
 from gateway.engine.rows import Outbox, Seq, shared_prefix
 from gateway.engine.sampling import RowSampling, sample
 from gateway.engine.speed import output_vocab_size
 from gateway.engine.threads import ThreadTuner
-from gateway.engine.types import GenerationDelta, GenerationRequest, TokenLogprob
+from gateway.engine.token_logprobs import TokenLogprobs
+from gateway.engine.types import GenerationDelta, GenerationRequest
 from gateway.errors import EngineError
 from gateway.gc_heap import release_free_memory
 
@@ -94,7 +95,7 @@ class BatchedEngine:
         self._seqs: dict[str, Seq] = {}
         self._cond = threading.Condition()
         self._closed = False
-        self._token_text: dict[int, str] = {}
+        self.logprobs = TokenLogprobs(tokenizer)
         self.steps = 0  # decode steps run (for tests and stats)
         self.shared_prefix_tokens = 0  # prompt tokens not recomputed thanks to a shared prefix
         self.dropped: deque[tuple[str, int]] = deque(maxlen=256)  # (request id, step) of recent cancellations
@@ -199,10 +200,11 @@ class BatchedEngine:
                     if admitted:
                         self._prefill(admitted, out)
                         out.flush()  # first tokens go out before the decode step
+                    decoded = False
                     if self.chunking.current is not None:
-                        self._prefill_chunk(out)
+                        decoded = self._prefill_chunk(out)
                         out.flush()
-                    if self._active:
+                    if self._active and not decoded:
                         self._decode(out)
                 except Exception as exc:
                     # Per-row work (sampling state, processors, sampling, detokenization, prompt logprobs)
@@ -286,7 +288,7 @@ class BatchedEngine:
         dropped = [seq for seq in self._waiting if seq.cancelled]
         if dropped:
             self._waiting = deque(seq for seq in self._waiting if not seq.cancelled)
-        free = self.max_running - len(self._active)
+        free = self.max_running - len(self._active) - len(self._prefilling())
         taken = self.chunking.take(self._waiting, free, self.max_prefill_tokens)
         for seq in taken:
             seq.request.timing.start()  # its queue wait ends here
@@ -324,7 +326,8 @@ class BatchedEngine:
         """Prompt logprobs and the row's own sampling state; False when it needs no decoding."""
         params = seq.request.params
         if params.prompt_logprobs is not None:
-            out.add(seq, GenerationDelta(prompt_logprobs=self._prompt_logprobs(seq)))
+            ids = list(seq.request.prompt_ids)
+            out.add(seq, GenerationDelta(prompt_logprobs=self.logprobs.prompt(self.model, ids, params.prompt_logprobs)))
         if params.max_new_tokens <= 0:
             out.add(seq, GenerationDelta(finish_reason="length"))
             return False
@@ -347,7 +350,7 @@ class BatchedEngine:
             return
         started = time.perf_counter()
         lengths = [len(seq.history) for seq in ready]
-        self.cache.lookahead = self._lookahead([*self._active, *ready])
+        self.cache.lookahead = self._lookahead([*self._active, *ready, *self._prefilling()])
         if len(ready) == 1 and self.chunking.is_long(lengths[0]):  # prefilled a chunk per step from now on
             self.chunking.start(self.cache, ready[0], ready[0].history)
             self.prefill_batches.append(1)
@@ -383,17 +386,47 @@ class BatchedEngine:
         self._active.extend(ready)
         self._advance(ready, logits, first, out)
 
-    def _prefill_chunk(self, out: Outbox) -> None:
-        """One chunk of the long prompt in progress; when it was the last, the row joins and gets its first token."""
+    def _prefill_chunk(self, out: Outbox) -> bool:
+        """One chunk of the long prompt in progress; when it was the last, the row joins and gets its first token.
+
+        With rows decoding, the chunk goes in the same forward as their decode step where it can (a mixed
+        step: every weight read once for both, so their tokens come at ~the rate the prompt allows); True
+        when that step is done. Otherwise the chunk runs alone, cut to a couple of decode steps' time."""
         seq = self.chunking.current.seq  # type: ignore[union-attr]
         self.cache.lookahead = self._lookahead([*self._active, seq])
+        if self._active and self.lean.mixes:
+            size = self.chunking.mixed_size(len(self._active), self.lean.row_limit, self.tuner.cost("decode"))
+            if size:
+                self._mixed_step(seq, size, out)
+                return True
         size = self.chunking.size(bool(self._active), self.tuner.cost("decode"), self.tuner.cost("prefill"))
         logits = self.chunking.step(self.cache, self._chunk_forward, size)
-        if logits is None:
-            return
-        first = len(self._active)
-        self._active.append(seq)
-        self._advance([seq], logits, first, out)
+        if logits is not None:
+            first = len(self._active)
+            self._active.append(seq)
+            self._advance([seq], logits, first, out)
+        return False
+
+    def _mixed_step(self, seq: Seq, size: int, out: Outbox) -> None:
+        """The running rows' decode step and a chunk of the pending prompt in one lean forward."""
+        rows = len(self._active)
+        input_ids, position_ids, mask = self.cache.begin_decode()
+        decode = (input_ids, position_ids, mask, self.cache.target)
+        chunk = self.chunking.next_chunk(self.cache, size)  # targets after the decode step's column growth
+        self.batch_size = rows
+        started = time.perf_counter()
+        work = (chunk.input_ids, chunk.position_ids, chunk.prefix, chunk.target)
+        logits = self.tuner.run("mixed", rows + chunk.size, self.lean.mixed, decode, work, like="decode")
+        self.chunking.record_mixed(time.perf_counter() - started, self.tuner.cost("decode"), chunk.size)
+        self.cache.end_decode()
+        self.steps += 1
+        seqs = list(self._active)
+        if self.chunking.finish_chunk(self.cache, chunk):  # the prompt is in: its row samples its first token
+            self._active.append(seq)
+            seqs.append(seq)
+        else:
+            logits = logits[:rows]
+        self._advance(seqs, logits, 0, out)
 
     def _chunk_forward(self, work: int, *args: Any) -> torch.Tensor:
         return self.tuner.run("prefill", work, self.lean.chunk, *args)
@@ -443,7 +476,7 @@ class BatchedEngine:
         finish = "stop" if stop else ("length" if seq.generated >= params.max_new_tokens else None)
         seq.pending.append(token)
         if logprob is not None:
-            seq.pending_logprobs.append(self._token_logprob(token, logprob[0], logprob[1]))
+            seq.pending_logprobs.append(self.logprobs.token(token, logprob[0], logprob[1]))
         if finish is not None:
             text += seq.detok.flush()  # type: ignore[union-attr]
         elif not text and logprob is None:
@@ -456,28 +489,3 @@ class BatchedEngine:
         )
         seq.pending, seq.pending_logprobs = [], []
         return delta
-
-    # ---- logprobs -----------------------------------------------------------------------------------------
-    def _text_of(self, token_id: int) -> str:
-        text = self._token_text.get(token_id)
-        if text is None:
-            text = self._token_text[token_id] = self.tokenizer.decode([token_id])
-        return text
-
-    def _token_logprob(self, token_id: int, logprob: float | None, top: Iterable[tuple[int, float]]) -> TokenLogprob:
-        return TokenLogprob(
-            token_id=token_id,
-            token=self._text_of(token_id),
-            logprob=logprob,
-            top=tuple((self._text_of(i), lp) for i, lp in top),
-        )
-
-    def _prompt_logprobs(self, seq: Seq) -> list[TokenLogprob]:
-        ids = list(seq.request.prompt_ids)
-        k = seq.request.params.prompt_logprobs or 0
-        first = TokenLogprob(token_id=ids[0], token=self._text_of(ids[0]), logprob=None)
-        rest = [
-            self._token_logprob(token_id, logprob, top)
-            for token_id, (logprob, top) in zip(ids[1:], prompt_logprobs(self.model, ids, k), strict=True)
-        ]
-        return [first, *rest]

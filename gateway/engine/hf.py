@@ -11,7 +11,7 @@ import asyncio
 import logging
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -22,9 +22,10 @@ from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaLis
 
 from gateway.engine.base import queued_deltas
 from gateway.engine.beam import run_beam_search
-from gateway.engine.logits import build_processors, prompt_logprobs
+from gateway.engine.logits import build_processors
 from gateway.engine.speed import output_vocab_size
-from gateway.engine.types import GenerationDelta, GenerationRequest, TokenLogprob
+from gateway.engine.token_logprobs import TokenLogprobs
+from gateway.engine.types import GenerationDelta, GenerationRequest
 from gateway.errors import EngineError
 
 logger = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ class _DeltaStreamer(TextIteratorStreamer):
         logprobs = None
         if self.job.request.params.logprobs is not None:
             steps = [self.job.steps.popleft() for _ in ids if self.job.steps]
-            logprobs = [self.engine.token_logprob(t, lp, top) for t, lp, top in steps]
+            logprobs = [self.engine.logprobs.token(t, lp, top) for t, lp, top in steps]
         self.job.emit(GenerationDelta(text=text, token_ids=ids, logprobs=logprobs))
 
 
@@ -95,6 +96,7 @@ class HFEngine:
     def __init__(self, model: Any, tokenizer: Any, *, name: str, pad_token_id: int | None) -> None:
         self.model = model
         self.tokenizer = tokenizer
+        self.logprobs = TokenLogprobs(tokenizer)
         self.name = name
         self.pad_token_id = pad_token_id
         self.device = next(model.parameters()).device
@@ -128,15 +130,6 @@ class HFEngine:
             job.cancel.set()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    def token_logprob(self, token_id: int, logprob: float | None, top: Iterable[tuple[int, float]]) -> TokenLogprob:
-        decode = self.tokenizer.decode
-        return TokenLogprob(
-            token_id=token_id,
-            token=decode([token_id]),
-            logprob=logprob,
-            top=tuple((decode([i]), lp) for i, lp in top),
-        )
-
     # ---- worker thread ------------------------------------------------------------------------
     def _run(self, job: _Job) -> None:
         job.request.timing.start()  # the worker took it: its queue wait ends
@@ -154,7 +147,8 @@ class HFEngine:
         request, params = job.request, job.request.params
         input_ids = torch.tensor([request.prompt_ids], dtype=torch.long, device=self.device)
         if params.prompt_logprobs is not None:
-            job.emit(GenerationDelta(prompt_logprobs=self._prompt_logprobs(input_ids, params.prompt_logprobs)))
+            prompt = self.logprobs.prompt(self.model, request.prompt_ids, params.prompt_logprobs)
+            job.emit(GenerationDelta(prompt_logprobs=prompt))
         if params.max_new_tokens == 0:
             job.emit(GenerationDelta(finish_reason="length"))
             return
@@ -198,12 +192,3 @@ class HFEngine:
             finish = "stop"
         logger.debug("generation %s: %s after %d tokens", request.request_id, finish, job.generated)
         job.emit(GenerationDelta(finish_reason=finish))
-
-    def _prompt_logprobs(self, input_ids: torch.Tensor, k: int) -> list[TokenLogprob]:
-        ids = input_ids[0].tolist()
-        first = TokenLogprob(token_id=ids[0], token=self.tokenizer.decode([ids[0]]), logprob=None)
-        rest = [
-            self.token_logprob(token_id, logprob, top)
-            for token_id, (logprob, top) in zip(ids[1:], prompt_logprobs(self.model, ids, k), strict=True)
-        ]
-        return [first, *rest]

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from gateway.engine.batch_support import probe_step
 from gateway.engine.kvcache import BatchKVCache, forward_last_logits
+from gateway.engine.rowwise import row_invariant_rows
 
 logger = logging.getLogger(__name__)
 
@@ -121,35 +122,72 @@ class LeanForward:
 
     def decode(self, cache: BatchKVCache, input_ids: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor):
         """One token per row ([rows, 1] ids); the logits of every row. Bit-identical to the model's forward."""
-        rows = input_ids.shape[0]
+        attend = self._decode_attention(cache, cache.target, input_ids.shape[0], mask)
+        return self._stack(input_ids[:, 0], self._rotary(position_ids), attend)
+
+    def chunk(self, cache: BatchKVCache, input_ids: torch.Tensor, position_ids: torch.Tensor, prefix: int):
+        """The next `q` prompt tokens of the cache's pending row ([1, q] ids) after `prefix` already cached
+        ones; the logits of the last token [1, vocab]. CPU only (torch's CPU flash kernel)."""
+        attend = self._chunk_attention(cache, cache.target, input_ids.shape[1], prefix)
+        return self._stack(input_ids[0], self._rotary(position_ids), attend, keep=slice(-1, None))
+
+    def mixed(self, cache: BatchKVCache, decode: tuple, chunk: tuple) -> torch.Tensor:
+        """A decode step and a prompt chunk in one pass: every weight is read once for both.
+
+        `decode` = (input_ids [rows, 1], position_ids, mask, cache target) as `decode` takes them, `chunk` =
+        (input_ids [1, q], position_ids, prefix, cache target) as `chunk`; the targets are `cache.target`
+        after `begin_decode` and after `target_chunk`. Returns [rows + 1, vocab]: each decode row's logits
+        (bit-identical to `decode` where the Linear layers give a row the same result in any batch, e.g. the
+        rowwise kernel within its row limit) and then the chunk's last token's.
+        """
+        decode_ids, decode_positions, mask, decode_target = decode
+        chunk_ids, chunk_positions, prefix, chunk_target = chunk
+        rows, size = decode_ids.shape[0], chunk_ids.shape[1]
+        to_rows = self._decode_attention(cache, decode_target, rows, mask)
+        to_chunk = self._chunk_attention(cache, chunk_target, size, prefix)
 
         def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: int, scale: float) -> torch.Tensor:
-            keys, values = cache.update(k[:, :, None], v[:, :, None], index)
+            first = to_rows(q[:rows], k[:rows], v[:rows], index, scale)
+            return torch.cat([first, to_chunk(q[rows:], k[rows:], v[rows:], index, scale)])
+
+        # each part's rotary on its own, as `decode` and `chunk` compute it (same bits for the decode rows)
+        (cos_d, sin_d), (cos_c, sin_c) = self._rotary(decode_positions), self._rotary(chunk_positions)
+        ids = torch.cat([decode_ids[:, 0], chunk_ids[0]])
+        keep = torch.arange(rows + 1, device=ids.device)
+        keep[-1] = rows + size - 1
+        return self._stack(ids, (torch.cat([cos_d, cos_c]), torch.cat([sin_d, sin_c])), attend, keep=keep)
+
+    def _decode_attention(self, cache: BatchKVCache, target: tuple, rows: int, mask: torch.Tensor) -> Any:
+        def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: int, scale: float) -> torch.Tensor:
+            keys, values = cache.write(target, k[:, :, None], v[:, :, None], index)
             # one query per row: its heads grouped by KV head (transformers' pack_gqa), the mask shared
             grouped = q.view(rows, keys.shape[1], self.groups, self.head_dim)
             out = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=mask, scale=scale)
             return out.reshape(rows, -1)
 
-        return self._stack(input_ids[:, 0], position_ids, attend)
+        return attend
 
-    def chunk(self, cache: BatchKVCache, input_ids: torch.Tensor, position_ids: torch.Tensor, prefix: int):
-        """The next `q` prompt tokens of the cache's pending row ([1, q] ids) after `prefix` already cached
-        ones; the logits of the last token [1, vocab]. CPU only (torch's CPU flash kernel)."""
-        tokens = input_ids.shape[1]
-
+    def _chunk_attention(self, cache: BatchKVCache, target: tuple, tokens: int, prefix: int) -> Any:
         def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: int, scale: float) -> torch.Tensor:
-            keys, values = cache.update(k.transpose(0, 1)[None], v.transpose(0, 1)[None], index)
+            keys, values = cache.write(target, k.transpose(0, 1)[None], v.transpose(0, 1)[None], index)
             out = prefix_causal_attention(q.transpose(0, 1)[None], keys, values, prefix, scale)
             return out[0].transpose(0, 1).reshape(tokens, -1)
 
-        return self._stack(input_ids[0], position_ids, attend, last_only=True)
+        return attend
 
-    def _stack(self, ids: torch.Tensor, position_ids: torch.Tensor, attend: Any, last_only: bool = False):
+    def _rotary(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [tokens, 1, head_dim] (broadcast over heads) from the model's own rotary module."""
+        inner = self.model.model
+        cos, sin = inner.rotary_emb(inner.embed_tokens.weight[:1], position_ids)  # uses only dtype and device
+        tokens = position_ids.numel()
+        return cos.reshape(tokens, 1, -1), sin.reshape(tokens, 1, -1)
+
+    def _stack(self, ids: torch.Tensor, rotary: tuple, attend: Any, keep: Any = None) -> torch.Tensor:
+        """The layers over flat tokens; logits of the `keep` tokens (index or slice; default all)."""
         inner = self.model.model
         x = F.embedding(ids, inner.embed_tokens.weight, inner.embed_tokens.padding_idx)  # [tokens, hidden]
         tokens = x.shape[0]
-        cos, sin = inner.rotary_emb(x, position_ids)
-        cos, sin = cos.reshape(tokens, 1, -1), sin.reshape(tokens, 1, -1)  # broadcast over heads
+        cos, sin = rotary
         for index, layer in enumerate(self.layers):
             attn = layer.self_attn
             h = _rms_norm(layer.input_layernorm, x)
@@ -166,8 +204,8 @@ class LeanForward:
             mlp = layer.mlp
             gate = F.silu(mlp.gate_proj.forward(h), inplace=True)
             x = x + mlp.down_proj.forward(gate.mul_(mlp.up_proj.forward(h)))
-        if last_only:
-            x = x[-1:]
+        if keep is not None:
+            x = x[keep]
         return self.model.lm_head.forward(_rms_norm(inner.norm, x))
 
 
@@ -210,6 +248,8 @@ class LeanPath:
         except Exception as exc:  # noqa: BLE001 - the check must never keep the model from loading
             reason, self.lean = f"its check failed ({type(exc).__name__}: {exc})", None
         self.on_cpu = next(model.parameters()).device.type == "cpu"
+        # rows a mixed forward may hold with each decode row's logits as in a decode step alone
+        self.row_limit = row_invariant_rows(model)
         if reason is None:
             logger.info("lean forward on for %s (matched the model's forward bit for bit)", name)
         else:
@@ -218,6 +258,15 @@ class LeanPath:
     @property
     def path(self) -> str:
         return "lean" if self.lean is not None else "model"
+
+    @property
+    def mixes(self) -> bool:
+        """A decode step and a prompt chunk can share one forward (`mixed`): the lean stack, on CPU."""
+        return self.lean is not None and self.on_cpu
+
+    def mixed(self, decode: tuple, chunk: tuple) -> torch.Tensor:
+        assert self.lean is not None
+        return self.lean.mixed(self.cache, decode, chunk)
 
     def decode(self, input_ids: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.lean is None:

@@ -214,3 +214,19 @@ def quantize_int8_rowwise(model: torch.nn.Module, kernel: RowwiseKernel) -> int:
     count = replace_linears(model, lambda layer: Int8RowwiseLinear(layer, kernel))
     copy_off_checkpoint(model, fresh=(Int8RowwiseLinear,))
     return count
+
+
+def row_invariant_rows(model: torch.nn.Module) -> int | None:
+    """The most rows a call of every Linear layer of `model` can take with each row's result the same as
+    alone (the rowwise kernel's row limits); None when a layer runs elsewhere (torch, oneDNN: no such bound).
+
+    The engine keeps a decode row's logits exact in a forward shared with a prompt chunk within it."""
+    limits = []
+    for module in model.modules():
+        if isinstance(module, RowwiseLinear):
+            limits.append(ROWWISE_MAX_ROWS)
+        elif isinstance(module, Int8RowwiseLinear):
+            limits.append(INT8_KERNEL_MAX_ROWS)
+        elif isinstance(module, torch.nn.Linear) or hasattr(module, "in_features"):
+            return None
+    return min(limits) if limits else None

@@ -77,8 +77,10 @@ class ThreadTuner:
         self.phases: dict[str, _Phase] = {}
         self._initial = self._current = torch.get_num_threads()
 
-    def run(self, phase: str, work: float, fn, *args):  # type: ignore[no-untyped-def]
-        n = self.choose(phase, work)
+    def run(self, phase: str, work: float, fn, *args, like: str | None = None):  # type: ignore[no-untyped-def]
+        """fn(*args) on the thread count chosen for `phase`, or with `like`, the one `like` runs best on (no
+        trials: for steps that must not be slowed, e.g. a decode step that carries a prompt chunk)."""
+        n = self.choose(phase, work) if like is None else self.follow(phase, like)
         started = time.perf_counter()
         result = fn(*args)
         self.record(phase, n, time.perf_counter() - started, work)
@@ -93,10 +95,22 @@ class ThreadTuner:
         else:  # nothing to choose (one core, or torch set to one thread); still counted
             state.calls += 1
             n = self.candidates[0]
+        self._set(n)
+        return n
+
+    def follow(self, phase: str, like: str) -> int:
+        """Set the thread count `like` is best on (torch's own before it is measured) for a call of `phase`."""
+        self.phases.setdefault(phase, _Phase(self.candidates))
+        model = self.phases.get(like)
+        measured = [] if model is None else [n for n in model.candidates if model.cost(n) is not None]
+        n = min(measured, key=lambda c: model.cost(c) or 0.0) if measured else self.candidates[-1]  # type: ignore[union-attr]
+        self._set(n)
+        return n
+
+    def _set(self, n: int) -> None:
         if n != self._current:
             torch.set_num_threads(n)
             self._current = n
-        return n
 
     def record(self, phase: str, n: int, seconds: float, work: float) -> None:
         self.phases[phase].record(n, seconds, work)

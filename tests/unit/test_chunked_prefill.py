@@ -8,6 +8,7 @@ with chunking off; chunked runs go through the engine with small chunks so promp
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import random
 import time
@@ -166,5 +167,75 @@ async def test_randomized_requests_batched_and_chunked_equal_solo_greedy() -> No
         for (prompt, budget, _), output in zip(cases, outputs, strict=True):
             assert output == solo_greedy(prompt, budget), len(prompt)
         assert eng.cache.rows == 0 and eng.cache.pending == 0
+    finally:
+        await eng.close()
+
+
+def test_rows_that_join_during_a_chunked_prefill_go_before_the_pending_row(anyio_backend: str) -> None:
+    """Cache level: two short prompts prefill while a 45-token prompt is half in; its chunks and every row's
+    next decode step are as without them."""
+    from gateway.engine.kvcache import BatchKVCache, forward_last_logits
+
+    model = long_model()
+    rng = random.Random(9)
+    first, long_prompt, joiners = random_prompt(rng, 6), random_prompt(rng, 45), [random_prompt(rng, n) for n in (5, 8)]
+    results = {}
+    for join in (False, True):
+        cache = BatchKVCache(model.config.num_hidden_layers, torch.device("cpu"))
+        out = results[join] = []
+        with torch.inference_mode():
+            positions, mask = cache.begin_prefill([6])
+            forward_last_logits(model, cache, torch.tensor([first]), positions, mask, None)
+            cache.end_prefill([6])
+            cache.lookahead = 8
+            cache.begin_pending(45)
+            for done in (0, 16, 32):
+                size = min(16, 45 - done)
+                if done == 16 and join:
+                    lengths = [len(p) for p in joiners]
+                    positions, mask = cache.begin_prefill(lengths)
+                    ids = torch.tensor([[0] * (8 - len(p)) + p for p in joiners])
+                    out.append(forward_last_logits(model, cache, ids, positions, mask, None))
+                    cache.end_prefill(lengths)
+                    assert cache.rows == 3 and cache.pending == 1
+                positions, mask = cache.target_chunk(done, size)
+                ids = torch.tensor([long_prompt[done : done + size]])
+                out.append(forward_last_logits(model, cache, ids, positions, mask, None))
+            cache.end_pending(45)
+            cache.tokens[: cache.rows] = 100  # the first row and the long one (last) see the same token both ways
+            ids, positions, mask = cache.begin_decode()
+            out.append(forward_last_logits(model, cache, ids, positions, mask, None))
+    alone, joined = results[False], results[True]
+    assert len(joined) == len(alone) + 1
+    for want, got in zip(alone[:3], [joined[0], *joined[2:4]], strict=True):  # the long prompt's chunks
+        assert torch.allclose(want, got, atol=1e-5, rtol=1e-4)
+    assert joined[4].shape[0] == 4
+    for want, got in ((alone[3][0], joined[4][0]), (alone[3][-1], joined[4][-1])):  # the first row, the long row
+        assert torch.allclose(want, got, atol=1e-5, rtol=1e-4)
+
+
+async def test_a_short_request_is_answered_while_a_long_prompt_prefills() -> None:
+    rng = random.Random(5)
+    eng = engine(64)
+    try:
+        stamps: list[float] = []
+        other = asyncio.create_task(_stream(eng, random_prompt(rng, 20), 300, stamps))
+        while len(stamps) < 2:
+            await asyncio.sleep(0.005)
+        long_prompt, short_prompt = random_prompt(rng, 3000), random_prompt(rng, 40)
+        long_stamps: list[float] = []
+        long_task = asyncio.create_task(_stream(eng, long_prompt, 2, long_stamps))
+        while eng.chunking.chunks < 3:
+            await asyncio.sleep(0.005)
+        short_stamps: list[float] = []
+        short_tokens = await _stream(eng, short_prompt, 6, short_stamps)
+        assert eng.chunking.current is not None  # answered in full while the long prompt is still prefilling
+        long_tokens = await long_task
+        assert short_stamps[-1] < long_stamps[0]
+        assert short_tokens == solo_greedy(short_prompt, 6)
+        assert long_tokens == solo_greedy(long_prompt, 2)
+        other.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await other
     finally:
         await eng.close()
