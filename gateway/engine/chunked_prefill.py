@@ -8,11 +8,11 @@ machine). In chunks, the forward of chunk i attends to the cache filled by chunk
 of the running rows with each chunk, so they keep streaming. Alone, a prompt goes in full
 `prefill_chunk_tokens` chunks. While rows are decoding, the chunk rides in their decode step's forward
 where the lean stack runs (a *mixed* step, as vLLM's chunked prefill batches prompt and decode tokens:
-every weight is read once for both), cut so the step takes ~2.5 decode steps (what a chunk token adds
+every weight is read once for both), cut so the step takes ~2.25 decode steps (what a chunk token adds
 is measured on the mixed steps before: attention to the earlier prompt tokens makes late tokens dearer).
 SmolLM2 fp32, one stream decoding while a 2,000-token prompt prefills: its inter-token p95 went from
 5.4x normal (chunks alone, 32 tokens at least) to 2.1-2.2x, and the prompt was in 14.6-16.5 s, not 18.8.
-Elsewhere (the model's own forward) a chunk runs alone between decode steps, cut to ~1.5 of their time.
+Elsewhere (the model's own forward) a chunk runs alone between decode steps, cut to ~1.25 of their time.
 
 The prompt is prefilled in one *pending* row of the shared cache (`BatchKVCache.begin_pending`); its
 columns are allocated once for the whole prompt. Only the last chunk's logits are used (its last
@@ -36,7 +36,7 @@ import torch
 from gateway.engine.kvcache import BatchKVCache
 
 # While rows are decoding, a chunk takes at most this many decode steps' time (their inter-token latency
-# during a long prefill is then ~2.5x normal: p95 under 3x with the noise of a shared machine), but a
+# during a long prefill is then ~2.25x normal: p95 under 3x with the noise of a shared machine), but a
 # chunk run alone no fewer tokens than MIN_INTERLEAVED_CHUNK (a forward reads every weight once: tiny
 # chunks would make the prefill itself many times slower).
 INTERLEAVE_RATIO = 1.25
@@ -107,22 +107,29 @@ class ChunkScheduler:
         cache.begin_pending(len(prompt))
         self.current = PendingPrefill(seq=seq, prompt=prompt)
 
-    def size(self, decoding: bool, decode_step_s: float | None, prefill_token_s: float | None) -> int:
+    @staticmethod
+    def ratio(waiting: int) -> float:
+        """Decode steps' time a chunk may take: INTERLEAVE_RATIO, times 1 + the requests queued behind the
+        prompt (their first tokens wait for it: under load the prompt goes faster, the streams' gaps grow)."""
+        return INTERLEAVE_RATIO * (1 + waiting)
+
+    def size(self, decoding: bool, decode_step_s: float | None, prefill_token_s: float | None, waiting: int = 0) -> int:
         """Tokens for the next chunk run alone: `chunk_tokens`, but while other rows are decoding no more than
-        takes INTERLEAVE_RATIO decode steps (measured), so their inter-token time stays within ~(1 + ratio)x."""
+        takes `ratio(waiting)` decode steps (measured), so their inter-token time stays within ~(1 + ratio)x."""
         if not decoding or not decode_step_s or not prefill_token_s:
             return self.chunk_tokens
-        fits = int(INTERLEAVE_RATIO * decode_step_s / prefill_token_s)
+        fits = int(self.ratio(waiting) * decode_step_s / prefill_token_s)
         return max(min(MIN_INTERLEAVED_CHUNK, self.chunk_tokens), min(self.chunk_tokens, fits))
 
-    def mixed_size(self, rows: int, row_limit: int | None, decode_step_s: float | None) -> int:
+    def mixed_size(self, rows: int, row_limit: int | None, decode_step_s: float | None, waiting: int = 0) -> int:
         """Tokens of the chunk that goes with a decode step of `rows` rows (0: run it alone instead).
 
-        The step then takes about (1 + INTERLEAVE_RATIO) decode steps: what a chunk token adds to the step
+        The step then takes about (1 + ratio(waiting)) decode steps: what a chunk token adds to the step
         is measured on the mixed steps before (it grows with the prompt: attention to the earlier tokens);
         the first ones take MIN_MIXED_CHUNK tokens. `row_limit`: the most rows for which the Linear layers
         give each row the same result as alone; the decode rows keep their exact logits within it, and with
-        less room than MIN_MIXED_CHUNK the chunk runs alone.
+        less room than MIN_MIXED_CHUNK the chunk runs alone. So does a chunk larger than the room while
+        requests wait: a big chunk alone costs less per token than many small mixed ones.
         """
         room = self.chunk_tokens if row_limit is None else min(self.chunk_tokens, row_limit - rows)
         least = min(MIN_MIXED_CHUNK, self.chunk_tokens)
@@ -130,7 +137,10 @@ class ChunkScheduler:
             return 0
         if not decode_step_s or not self.mixed_token_s:
             return least
-        return max(least, min(room, int(INTERLEAVE_RATIO * decode_step_s / self.mixed_token_s)))
+        wanted = int(self.ratio(waiting) * decode_step_s / self.mixed_token_s)
+        if waiting and wanted > room:
+            return 0
+        return max(least, min(room, wanted))
 
     def record_mixed(self, seconds: float, decode_step_s: float | None, tokens: int) -> None:
         """Learn what a chunk token adds to a decode step (for `mixed_size`)."""

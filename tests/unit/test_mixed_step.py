@@ -134,6 +134,13 @@ def test_the_mixed_chunk_fits_the_time_and_row_budget(anyio_backend: str) -> Non
         scheduler.record_mixed(0.05 + 0.5, 0.05, 10)
     assert scheduler.mixed_size(2, None, 0.05) == MIN_MIXED_CHUNK
     assert ChunkScheduler(3).mixed_size(1, None, 0.05) == 3  # never more than a chunk
+    # requests queued behind the prompt: its chunks may take longer (their first tokens wait for it) ...
+    scheduler.mixed_token_s = 0.002
+    assert scheduler.mixed_size(2, None, 0.05, waiting=1) == 2 * fits
+    # ... and one larger than the kernel's row room runs alone, as large as the budget allows
+    assert scheduler.mixed_size(2, 32, 0.05, waiting=3) == 0
+    assert scheduler.size(True, 0.05, 0.002, waiting=3) == int(4 * INTERLEAVE_RATIO * 0.05 / 0.002)
+    assert scheduler.size(True, 0.05, 0.002) == max(32, fits)
 
 
 def test_a_step_that_follows_another_phase_takes_its_best_thread_count(anyio_backend: str) -> None:
