@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
@@ -63,6 +64,28 @@ class _OpenStream:
     events: AsyncIterator[str]
     first: str
     started: float
+
+
+async def _send(client: httpx.AsyncClient, request: httpx.Request) -> httpx.Response:
+    """Send the request; once more when a pooled keep-alive connection turned out closed by the replica.
+
+    A replica may close an idle connection (keep-alive timeout, or after it answered an error) just as the
+    pool hands it out: writing the body then fails, or the replica hangs up with no answer. aiohttp reports
+    both as a connection error (httpx-aiohttp maps it to ConnectTimeout) and it is not the replica being
+    down: a fresh connection answers (seen with `transformers serve` after a bare 500: a 503 for one request).
+    Refused connections and real timeouts are other types and fail over as before.
+    """
+    try:
+        return await client.send(request, stream=True)
+    except httpx.ConnectTimeout as exc:
+        cause = exc.__cause__
+        stale = isinstance(cause, aiohttp.ClientConnectionError) and not isinstance(
+            cause, aiohttp.ClientConnectorError | aiohttp.ServerTimeoutError
+        )
+        if not stale:
+            raise
+        logger.debug("a pooled connection to %s was closed (%s): sending again", shown_url(str(request.url)), cause)
+    return await client.send(request, stream=True)
 
 
 class Forwarder:
@@ -156,7 +179,7 @@ class Forwarder:
         client = self.open()
         request = client.build_request("POST", url, content=content, headers=headers)
         try:
-            response = await client.send(request, stream=True)
+            response = await _send(client, request)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise _Retryable(_Failure("unreachable", f"cannot connect: {type(exc).__name__}: {exc}")) from exc
         except httpx.TimeoutException as exc:

@@ -6,12 +6,22 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from gateway.engine.rowwise import RowwiseKernel, build_rowwise_kernel
 from tests.unit.helpers import Gateway, open_gateway
 
 
 @pytest.fixture(scope="session")
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def kernel(tmp_path_factory: pytest.TempPathFactory) -> RowwiseKernel:
+    """The rowwise Linear kernel, built once for the session in a temporary cache directory."""
+    built = build_rowwise_kernel(tmp_path_factory.mktemp("kernels"))
+    if built is None:
+        pytest.skip("no C compiler with OpenMP on this machine: the loader keeps the oneDNN layout")
+    return built
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from gateway.engine import lean_forward
 from gateway.engine.batched import BatchedEngine
 from gateway.engine.kvcache import BatchKVCache, forward_last_logits
 from gateway.engine.lean_forward import LeanForward, LeanPath, lean_support, prefix_causal_attention
-from gateway.engine.rowwise import build_rowwise_kernel, quantize_int8_rowwise, use_rowwise_linears
+from gateway.engine.rowwise import quantize_int8_rowwise, use_rowwise_linears
 from tests.unit.batched_tiny import PROMPTS, collect, gpt2_tokenizer, params, prompt, tiny_model
 
 pytestmark = pytest.mark.anyio
@@ -147,14 +147,6 @@ def test_lean_chunks_match_the_model_forward_with_decode_steps_between(name: str
     for got, expected in zip(results[True][0], results[False][0], strict=True):
         assert torch.allclose(got, expected, atol=1e-5, rtol=1e-4), (got - expected).abs().max()
     assert torch.allclose(results[True][1], results[False][1], atol=1e-5, rtol=1e-4)  # the KV it wrote
-
-
-@pytest.fixture(scope="module")
-def kernel(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    built = build_rowwise_kernel(tmp_path_factory.mktemp("kernels"))
-    if built is None:
-        pytest.skip("no C compiler with OpenMP on this machine")
-    return built
 
 
 @pytest.mark.parametrize("layers", ["rowwise", "int8"])

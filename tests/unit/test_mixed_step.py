@@ -23,7 +23,6 @@ from gateway.engine.lean_forward import LeanForward
 from gateway.engine.rowwise import (
     INT8_KERNEL_MAX_ROWS,
     ROWWISE_MAX_ROWS,
-    build_rowwise_kernel,
     quantize_int8_rowwise,
     row_invariant_rows,
     use_rowwise_linears,
@@ -36,14 +35,6 @@ pytestmark = pytest.mark.anyio
 
 PROMPT = 45  # tokens of the pending prompt, in chunks of CHUNK with a decode step of two rows each
 CHUNK = 8
-
-
-@pytest.fixture(scope="module")
-def kernel(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    built = build_rowwise_kernel(tmp_path_factory.mktemp("kernels"))
-    if built is None:
-        pytest.skip("no C compiler with OpenMP on this machine")
-    return built
 
 
 def run_twins(model: Any) -> tuple[list, list]:

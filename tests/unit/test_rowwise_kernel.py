@@ -17,14 +17,6 @@ from tests.unit.test_batched_speed import fresh_tiny
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(scope="module")
-def kernel(tmp_path_factory: pytest.TempPathFactory) -> rowwise.RowwiseKernel:
-    built = build_rowwise_kernel(tmp_path_factory.mktemp("kernels"))
-    if built is None:
-        pytest.skip("no C compiler with OpenMP on this machine: the loader keeps the oneDNN layout")
-    return built
-
-
 # SmolLM2's shapes, and odd ones: K not a multiple of the vector width, N not a multiple of any tile width
 SHAPES = [(576, 576), (1536, 576), (576, 1536), (192, 576), (49, 37), (7, 100), (1, 16)]
 

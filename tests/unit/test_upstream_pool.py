@@ -133,3 +133,54 @@ def test_replica_series_reach_prometheus_exposition() -> None:
     assert value("gantry_upstream_replica_latency_seconds_count", a) == 3
     assert value("gantry_upstream_replica_latency_seconds_sum", a) == pytest.approx(7.304)
     assert value("gantry_upstream_replica_latency_seconds_count", b) == 0
+
+
+async def test_a_pooled_connection_the_replica_closed_is_sent_again(anyio_backend: str) -> None:
+    """A replica that answers one request per connection and hangs up on the next (as a server closing an
+    idle keep-alive connection): the second request reuses the pooled connection, loses it, and is sent
+    again on a fresh one instead of failing as 'unreachable'."""
+    import asyncio
+
+    import httpx
+    from httpx_aiohttp import AiohttpTransport
+
+    from gateway.upstream.forward import _send
+
+    seen: list[int] = []  # per request: which request of its connection it was
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for nth in (1, 2):
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError:  # the client closed the connection
+                break
+            length = next(
+                int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")
+            )
+            await reader.readexactly(length)
+            seen.append(nth)
+            if nth == 2:
+                break  # hang up with no answer
+            body = b'{"ok": true}'
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1/chat/completions"
+    async with httpx.AsyncClient(transport=AiohttpTransport()) as client:
+        for _ in range(2):
+            response = await _send(client, client.build_request("POST", url, content=b"{}"))
+            assert response.status_code == 200 and (await response.aread()) == b'{"ok": true}'
+            await response.aclose()
+        sends = []
+        original = client.send
+        client.send = lambda *args, **kwargs: sends.append(1) or original(*args, **kwargs)  # type: ignore[method-assign]
+        with pytest.raises((httpx.ConnectError, httpx.ConnectTimeout)):  # nothing listens: refused ...
+            await _send(client, client.build_request("POST", "http://127.0.0.1:9/v1/chat/completions", content=b"{}"))
+        assert len(sends) == 1  # ... and not sent again
+    server.close()
+    await server.wait_closed()
+    assert seen == [1, 2, 1]  # the second request reached the closed connection, then a new one
