@@ -101,9 +101,9 @@ class ThreadTuner:
     def follow(self, phase: str, like: str) -> int:
         """Set the thread count `like` is best on (torch's own before it is measured) for a call of `phase`."""
         self.phases.setdefault(phase, _Phase(self.candidates))
-        model = self.phases.get(like)
-        measured = [] if model is None else [n for n in model.candidates if model.cost(n) is not None]
-        n = min(measured, key=lambda c: model.cost(c) or 0.0) if measured else self.candidates[-1]  # type: ignore[union-attr]
+        leader = self.phases.get(like)
+        measured = [] if leader is None else [n for n in leader.candidates if leader.cost(n) is not None]
+        n = min(measured, key=lambda c: leader.cost(c) or 0.0) if measured else self.candidates[-1]  # type: ignore[union-attr]
         self._set(n)
         return n
 
