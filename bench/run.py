@@ -36,7 +36,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +97,18 @@ def model_dir() -> Path:
 def build_targets(names: list[str], dtype: str, cb_args: list[str]) -> list[Target]:
     known = build_targets_map(dtype, cb_args)
     return [known[name] for name in names]
+
+
+def revision_targets(targets: list[Target], revisions: list[str], log_dir: Path) -> list[Target]:
+    """The Gantry targets among `targets` again, as each revision has them (a detached worktree per revision)."""
+    extra = []
+    for revision in revisions:
+        worktree = log_dir / f"revision-{revision}"
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(worktree), revision], check=True)
+        for target in targets:
+            if target.kind == "gantry" and target.repo is None:
+                extra.append(replace(target, name=f"{target.name} @{revision}", args=list(target.args), repo=worktree))
+    return extra
 
 
 VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "2"}
@@ -331,6 +343,13 @@ def parse_args() -> argparse.Namespace:
         default=True,
         help="stop (SIGSTOP) the other servers while one is measured",
     )
+    parser.add_argument(
+        "--revision",
+        nargs="+",
+        default=[],
+        help="also run the `gantry` and `gantry-int8` targets (those chosen) of these earlier commits, each from a "
+        "git worktree, in the same run: a regression shows as a same-run ratio",
+    )
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     args = parser.parse_args()
     if args.targets is None:
@@ -348,9 +367,10 @@ def main() -> None:
     isa = describe_isa()
     path = model_dir()
     targets = build_targets(args.targets, args.dtype, args.cb_args.split())
-    servers = [t for t in targets if t.kind != "generate"]
     log_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"gantry-bench-{os.getpid()}"
     log_dir.mkdir(parents=True, exist_ok=True)
+    targets += revision_targets(targets, args.revision, log_dir)
+    servers = [t for t in targets if t.kind != "generate"]
     say(
         f"CPU: {isa}\nmodel: {path}\ndtype: {args.dtype}  levels: {args.levels}  workloads: {args.workloads}  "
         f"requests/stream: {args.requests}  rounds: {args.rounds}  max_tokens: {args.max_tokens}  logs: {log_dir}"
@@ -416,6 +436,8 @@ def main() -> None:
                     target.process.wait(timeout=20)
                 except subprocess.TimeoutExpired:
                     target.process.kill()
+        for worktree in {t.repo for t in servers if t.repo is not None}:
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(worktree)], check=False)
     for workload in args.workloads:
         report(targets, args, results, workload, isa)
     if args.json:
