@@ -38,7 +38,9 @@ def model_max_tokens(spec: ModelSpec, generation_config: dict[str, Any]) -> int 
     return EMBEDDED_DEFAULT_MAX_TOKENS if spec.source == EMBEDDED_MODEL else None
 
 
-def build_engine(spec: ModelSpec, model: Any, tokenizer: Any, *, pad_token_id: int | None) -> tuple[Any, str]:
+def build_engine(
+    spec: ModelSpec, model: Any, tokenizer: Any, *, pad_token_id: int | None, decode_attention: Any = None
+) -> tuple[Any, str]:
     """The engine the spec asks for: batched (continuous batching) where the model supports it."""
     if spec.engine in ("auto", "batched"):
         from gateway.engine.batch_support import batched_support
@@ -55,6 +57,7 @@ def build_engine(spec: ModelSpec, model: Any, tokenizer: Any, *, pad_token_id: i
                 pad_token_id=pad_token_id,
                 prefill_chunk_tokens=spec.prefill_chunk_tokens,
                 lean=not spec.compile,  # a compiled forward is the faster one to keep
+                decode_attention=decode_attention,
             )
             return engine, "batched"
         if spec.engine == "batched":
@@ -104,7 +107,10 @@ def build_served_model(spec: ModelSpec, *, cache_dir: Any, adapters: AdapterRegi
         allow_plain_chat=spec.plain_chat_template,
     )
     report("engine", 0.9)
-    engine, kind = build_engine(spec, loaded.model, tokenizer, pad_token_id=pipeline.pad_token_id)
+    engine, kind = build_engine(
+        spec, loaded.model, tokenizer, pad_token_id=pipeline.pad_token_id, decode_attention=loaded.decode_attention
+    )
+    lean = getattr(engine, "lean", None)  # lean_forward.LeanPath of the batched engine
     served = ServedModel(
         spec=spec,
         pipeline=pipeline,
@@ -117,7 +123,8 @@ def build_served_model(spec: ModelSpec, *, cache_dir: Any, adapters: AdapterRegi
             "device": str(loaded.device),
             "dtype": str(loaded.dtype).removeprefix("torch."),
             "engine": kind,
-            "forward": getattr(getattr(engine, "lean", None), "path", "model"),  # lean_forward.LeanPath
+            "forward": getattr(lean, "path", "model"),
+            "decode_attention": getattr(lean, "attention", "model"),
             **loaded.speed,
         },
     )

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
+from gateway.engine.decode_attention import build_decode_attention
 from gateway.engine.gguf_cache import ensure_dequantized
 from gateway.engine.linear_layout import apply_int8, apply_linear_layout
 from gateway.engine.speed import auto_cpu_dtype, compile_forward
@@ -44,6 +45,7 @@ class LoadedModel:
     dtype: torch.dtype
     source: str
     speed: dict[str, Any] = field(default_factory=dict)  # CPU speed options that were applied
+    decode_attention: Any = None  # decode_attention.DecodeAttention where native kernels may run (fp32, CPU)
 
 
 def embedded_gguf_path() -> Path:
@@ -190,6 +192,9 @@ def load_model(
     linear = {"linear_kernel": "torch", "linear_layers": 0}
     if device.type == "cpu":  # the layers int8 left alone
         linear = apply_linear_layout(model, kernel, tied_head=spec.prepack_tied_head, cache_dir=Path(cache_dir))
+    attention = None
+    if device.type == "cpu" and kernel in ("auto", "rowwise") and dtype == torch.float32 and not spec.compile:
+        attention = build_decode_attention(Path(cache_dir))
     if spec.compile:
         compile_forward(model)
     config = model.config.to_dict()
@@ -225,6 +230,7 @@ def load_model(
             **linear,
             "compiled": spec.compile,
         },
+        decode_attention=attention,
     )
 
 

@@ -11,55 +11,25 @@ nn.Linear's own weight (no second copy: a tied output layer stays shared with th
 a row's result does not depend on the other rows in the call. The same tiles read int8 weights with one
 scale per output row (`Int8RowwiseLinear`): a quarter of the bytes, activations kept in fp32.
 
-It is compiled with the machine's C compiler for the machine's own vector ISA (`-march=native`: AVX2,
-AVX-512, ...), once per CPU and source, into the cache directory; without a compiler it is simply
-not used (`build_rowwise_kernel` returns None) and the loader keeps another layout.
+It is compiled with the machine's C compiler for the machine's own vector ISA (gateway/engine/native.py);
+without a compiler it is simply not used (`build_rowwise_kernel` returns None) and the loader keeps
+another layout.
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import logging
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import torch
 
+from gateway.engine.native import build_library
 from gateway.engine.speed import copy_off_checkpoint, replace_linears
-
-logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("rowwise_gemm.c")
 # Above this, torch's Linear was as fast or faster (SmolLM2, every layer once: kernel vs torch 82 vs 90 ms at
 # 32 rows, 138 vs 131 at 48, 1506 vs 807 at 512: prefill is compute-bound, where MKL's blocking wins)
 ROWWISE_MAX_ROWS = 32
-COMPILE_TIMEOUT_S = 60
-
-
-def _compiler() -> str | None:
-    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-
-
-def _compile_flags() -> list[str]:
-    arch = "-march=native" if platform.machine().lower() in ("x86_64", "amd64", "i686") else "-mcpu=native"
-    # -ffp-contract=fast: every tile fuses multiply-add the same way, so a row's result is the same in any tile
-    return ["-O3", arch, "-ffp-contract=fast", "-fopenmp", "-shared", "-fPIC"]
-
-
-def _cpu_fingerprint() -> str:
-    """What `-march=native` compiles for: the CPU's flags (a cache shared across machines must not mix them)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return line
-    except OSError:
-        pass
-    return f"{platform.machine()} {platform.processor()} {torch.backends.cpu.get_cpu_capability()}"
 
 
 class RowwiseKernel:
@@ -97,32 +67,8 @@ class RowwiseKernel:
 
 def build_rowwise_kernel(cache_dir: Path) -> RowwiseKernel | None:
     """Compile (once per CPU, compiler and source) and load the kernel; None where that is not possible."""
-    compiler = _compiler()
-    if compiler is None or not torch.backends.openmp.is_available():
-        logger.info("rowwise kernel unavailable: %s", "no C compiler" if compiler is None else "no OpenMP")
-        return None
-    source = SOURCE.read_bytes()
-    flags = _compile_flags()
-    key = hashlib.sha256(b"\0".join([source, " ".join([compiler, *flags]).encode(), _cpu_fingerprint().encode()]))
-    target = Path(cache_dir) / "kernels" / f"rowwise_gemm-{key.hexdigest()[:16]}.so"
-    try:
-        if not target.is_file():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
-                built = Path(scratch) / target.name
-                subprocess.run(
-                    [compiler, *flags, str(SOURCE), "-o", str(built)],
-                    check=True,
-                    capture_output=True,
-                    timeout=COMPILE_TIMEOUT_S,
-                )
-                os.replace(built, target)  # atomic: another process may be building the same file
-        # torch is imported first, so the library's libgomp.so.1 resolves to torch's own OpenMP runtime
-        return RowwiseKernel(ctypes.CDLL(str(target)), target)
-    except (OSError, subprocess.SubprocessError) as exc:
-        detail = getattr(exc, "stderr", b"") or b""
-        logger.warning("rowwise kernel not built (%s) %s", exc, detail.decode(errors="replace")[-500:])
-        return None
+    built = build_library(SOURCE, cache_dir)
+    return None if built is None else RowwiseKernel(*built)
 
 
 class RowwiseLinear(torch.nn.Module):

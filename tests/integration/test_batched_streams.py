@@ -9,6 +9,7 @@ import httpx
 import openai
 import pytest
 
+from gateway.engine import native
 from tests.integration.conftest import MODEL, RunningServer, start_server, stop_server
 
 QUESTIONS = [
@@ -57,6 +58,8 @@ def test_eight_concurrent_streams_on_the_default_server(server: RunningServer) -
     details = httpx.get(f"{server.base_url}/models/{MODEL}", timeout=10).json()["details"]
     assert details["engine"] == "batched"
     assert details["forward"] == "lean"  # SmolLM2 is a Llama: the lean stack passed its check at start
+    # decode rows attend through the C kernel where this machine compiles it (it agreed with SDPA at start)
+    assert details["decode_attention"] == ("kernel" if native._compiler() else "sdpa")
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from gateway.engine.decode_attention import DecodeAttention, build_decode_attention
 from gateway.engine.rowwise import RowwiseKernel, build_rowwise_kernel
 from tests.unit.helpers import Gateway, open_gateway
 
@@ -21,6 +22,15 @@ def kernel(tmp_path_factory: pytest.TempPathFactory) -> RowwiseKernel:
     built = build_rowwise_kernel(tmp_path_factory.mktemp("kernels"))
     if built is None:
         pytest.skip("no C compiler with OpenMP on this machine: the loader keeps the oneDNN layout")
+    return built
+
+
+@pytest.fixture(scope="session")
+def decode_attention(tmp_path_factory: pytest.TempPathFactory) -> DecodeAttention:
+    """The decode attention kernel, built once for the session in a temporary cache directory."""
+    built = build_decode_attention(tmp_path_factory.mktemp("kernels"))
+    if built is None:
+        pytest.skip("no C compiler with OpenMP on this machine: decode steps keep SDPA")
     return built
 
 

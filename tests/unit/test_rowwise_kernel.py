@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gateway.engine import linear_layout, rowwise
+from gateway.engine import linear_layout, native, rowwise
 from gateway.engine.linear_layout import apply_linear_layout, pick_layout
 from gateway.engine.rowwise import ROWWISE_MAX_ROWS, RowwiseLinear, build_rowwise_kernel
 from gateway.engine.speed import PackedLinear
@@ -120,7 +120,7 @@ def test_the_kernel_is_compiled_once_per_cpu_and_source(
     built_at = first.path.stat().st_mtime_ns
     assert build_rowwise_kernel(tmp_path).path == first.path
     assert first.path.stat().st_mtime_ns == built_at  # reused, not rebuilt
-    monkeypatch.setattr(rowwise, "_cpu_fingerprint", lambda: "flags : another cpu")
+    monkeypatch.setattr(native, "_cpu_fingerprint", lambda: "flags : another cpu")
     assert build_rowwise_kernel(tmp_path).path != first.path  # another CPU gets its own build
     assert len(list((tmp_path / "kernels").glob("*.so"))) == 2
     monkeypatch.setattr(linear_layout, "MEASURE_MAX_BYTES", 0)  # too big to measure: rowwise, no packed copy
