@@ -123,7 +123,8 @@ class LeanForward:
         self.attention = attention  # the C kernel for decode rows' attention; None: SDPA (the model's own math)
 
     def decode(self, cache: BatchKVCache, input_ids: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor):
-        """One token per row ([rows, 1] ids); the logits of every row. Bit-identical to the model's forward."""
+        """One token per row ([rows, 1] ids); the logits of every row. Bit-identical to the model's forward
+        with SDPA; with the attention kernel (`attention`), equal to rounding (see decode_attention.py)."""
         attend = self._decode_attention(cache, cache.target, input_ids.shape[0], mask)
         return self._stack(input_ids[:, 0], self._rotary(position_ids), attend)
 
