@@ -32,7 +32,8 @@ def _compiler() -> str | None:
 
 def _compile_flags() -> list[str]:
     arch = "-march=native" if platform.machine().lower() in ("x86_64", "amd64", "i686") else "-mcpu=native"
-    # -ffp-contract=fast: every tile fuses multiply-add the same way, so a row's result is the same in any tile
+    # -ffp-contract=fast: every code path of a kernel fuses multiply-add the same way (the rowwise kernel's tiles
+    # give a row the same bits in any tile shape because of it)
     return ["-O3", arch, "-ffp-contract=fast", "-fopenmp", "-shared", "-fPIC"]
 
 

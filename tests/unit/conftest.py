@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -10,28 +12,31 @@ from gateway.engine.decode_attention import DecodeAttention, build_decode_attent
 from gateway.engine.rowwise import RowwiseKernel, build_rowwise_kernel
 from tests.unit.helpers import Gateway, open_gateway
 
+T = TypeVar("T")
+
 
 @pytest.fixture(scope="session")
 def anyio_backend() -> str:
     return "asyncio"
 
 
+def _built_or_skip(build: Callable[[Path], T | None], tmp_path_factory: pytest.TempPathFactory, otherwise: str) -> T:
+    built = build(tmp_path_factory.mktemp("kernels"))
+    if built is None:
+        pytest.skip(f"no C compiler with OpenMP on this machine: {otherwise}")
+    return built
+
+
 @pytest.fixture(scope="session")
 def kernel(tmp_path_factory: pytest.TempPathFactory) -> RowwiseKernel:
     """The rowwise Linear kernel, built once for the session in a temporary cache directory."""
-    built = build_rowwise_kernel(tmp_path_factory.mktemp("kernels"))
-    if built is None:
-        pytest.skip("no C compiler with OpenMP on this machine: the loader keeps the oneDNN layout")
-    return built
+    return _built_or_skip(build_rowwise_kernel, tmp_path_factory, "the loader keeps the oneDNN layout")
 
 
 @pytest.fixture(scope="session")
 def decode_attention(tmp_path_factory: pytest.TempPathFactory) -> DecodeAttention:
     """The decode attention kernel, built once for the session in a temporary cache directory."""
-    built = build_decode_attention(tmp_path_factory.mktemp("kernels"))
-    if built is None:
-        pytest.skip("no C compiler with OpenMP on this machine: decode steps keep SDPA")
-    return built
+    return _built_or_skip(build_decode_attention, tmp_path_factory, "decode steps keep SDPA")
 
 
 @pytest.fixture
