@@ -5,7 +5,7 @@
  *   k, v  [rows, kv_heads, cols, d]       strided views of the cache: row stride, head stride; d contiguous
  *   valid [rows, cols] bytes (bool)       row stride; only columns set here are attended to
  *   out   [rows, heads, d]                contiguous
- *   scratch  threads x (groups * cols) floats
+ *   scratch  threads x decode_attention_scratch(groups, cols) floats
  *
  * One work item per (row, KV head): its keys are read once for the `groups` query heads that share them
  * (grouped-query attention), the scores are kept, exponentiated after the row maximum, and the values are
@@ -25,7 +25,6 @@
 
 typedef float vf __attribute__((vector_size(VEC * 4), aligned(4)));
 typedef int vi __attribute__((vector_size(VEC * 4), aligned(4)));
-typedef float vh __attribute__((vector_size(VEC * 2), aligned(4)));
 
 /* Lane sum. The x86 reductions are named: a generic one through memory stalled on store forwarding. */
 #if defined(__AVX512F__)
