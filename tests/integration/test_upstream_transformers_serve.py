@@ -3,9 +3,9 @@ safetensors copy of the embedded SmolLM2 that Gantry itself caches (the copy the
 Real processes on 127.0.0.1.
 
 That server ends its streams without `data: [DONE]` and answers a request it cannot handle with a bare
-"Internal Server Error" or `{"detail": ...}`; clients of the front still get [DONE], our model id and the
-OpenAI error envelope. Each quirk is first checked straight at `transformers serve`, so the test fails
-(rather than passes for nothing) the day that server stops having it.
+"Internal Server Error" (transformers ≤ 5.24) or a 400 `{"detail": ...}` (5.25 on); clients of the front still
+get [DONE], our model id and the OpenAI error envelope. Each quirk is first checked straight at `transformers
+serve`, so the test fails (rather than passes for nothing) the day that server stops having one of them.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from tests.integration.conftest import STARTUP_TIMEOUT, RunningServer, free_port
 
 NAME = "tserve-smol"
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
-BAD_FOR_TSERVE = {"logit_bias": {"50": 5}}  # valid OpenAI input that `transformers serve` answers with a bare 500
+BAD_FOR_TSERVE = {"logit_bias": {"50": 5}}  # valid OpenAI input that `transformers serve` refuses (see above)
 
 
 @dataclass
@@ -127,18 +127,26 @@ def test_chat_and_completions_without_streaming(client: openai.OpenAI) -> None:
     assert completion.choices[0].text
 
 
-def test_a_bare_500_reaches_the_client_as_the_envelope(servers: Servers, client: openai.OpenAI) -> None:
+def test_its_error_answers_reach_the_client_as_the_envelope(servers: Servers, client: openai.OpenAI) -> None:
     body = {"messages": QUESTION, "max_tokens": 3, **BAD_FOR_TSERVE}
     straight = httpx.post(servers.tserve_url + "/v1/chat/completions", json={**body, "model": servers.tserve_model})
-    assert straight.status_code == 500
-    with pytest.raises(ValueError):
-        straight.json()  # plain text, no error object
+    if straight.status_code == 500:  # transformers <= 5.24: plain text, no error object -> the upstream's fault
+        with pytest.raises(ValueError):
+            straight.json()
+        expected_status, expected_message = 502, None
+    else:  # 5.25 on: the request's fault, FastAPI's {"detail": "..."} -> relayed with its status
+        assert straight.status_code == 400, straight.text
+        detail = straight.json()["detail"]
+        assert isinstance(detail, str) and detail and "error" not in straight.json()
+        expected_status, expected_message = 400, detail
     relayed = httpx.post(servers.front.base_url + "/chat/completions", json={**body, "model": NAME}, timeout=60)
-    assert relayed.status_code == 502, relayed.text
-    assert set(relayed.json()["error"]) == {"message", "type", "param", "code"}
+    assert relayed.status_code == expected_status, relayed.text
+    error = relayed.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert expected_message is None or error["message"] == expected_message
     with pytest.raises(openai.APIStatusError) as caught:
         client.chat.completions.create(model=NAME, messages=QUESTION, max_tokens=3, extra_body=BAD_FOR_TSERVE)
-    assert caught.value.status_code == 502
+    assert caught.value.status_code == expected_status
     assert caught.value.body["message"]  # the SDK found the envelope's message
 
 
