@@ -54,8 +54,9 @@ def build_library(source: Path, cache_dir: Path) -> tuple[ctypes.CDLL, Path] | N
     if compiler is None or not torch.backends.openmp.is_available():
         logger.info("%s unavailable: %s", source.stem, "no C compiler" if compiler is None else "no OpenMP")
         return None
-    text = source.read_bytes()
-    flags = _compile_flags()
+    # the kernels' shared headers (simd.h) count as source: a changed header rebuilds every kernel
+    text = b"\0".join(path.read_bytes() for path in [source, *sorted(source.parent.glob("*.h"))])
+    flags = [*_compile_flags(), f"-I{source.parent}"]
     key = hashlib.sha256(b"\0".join([text, " ".join([compiler, *flags]).encode(), _cpu_fingerprint().encode()]))
     target = Path(cache_dir) / "kernels" / f"{source.stem}-{key.hexdigest()[:16]}.so"
     try:
