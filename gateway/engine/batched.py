@@ -41,6 +41,7 @@ from gateway.engine.batched_prefill import PrefillSteps
 from gateway.engine.beam import run_beam_search
 from gateway.engine.chunked_prefill import ChunkScheduler
 from gateway.engine.decode_attention import DecodeAttention
+from gateway.engine.decode_layers import DecodeLayers
 from gateway.engine.kvcache import BatchKVCache, attention_mask_dtype, forward_last_logits
 from gateway.engine.lean_forward import LeanPath
 from gateway.engine.rows import Outbox, Seq
@@ -74,6 +75,7 @@ class BatchedEngine(PrefillSteps):
         prefill_chunk_tokens: int = 0,
         lean: bool = True,
         decode_attention: DecodeAttention | None = None,
+        decode_layers: DecodeLayers | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -87,7 +89,9 @@ class BatchedEngine(PrefillSteps):
         config = model.config.get_text_config(decoder=True)
         self._mask_dtype = attention_mask_dtype(model)
         self.cache = BatchKVCache(config.num_hidden_layers, self.device)
-        self.lean = LeanPath(model, self.cache, self._forward, allowed=lean, attention=decode_attention)
+        self.lean = LeanPath(
+            model, self.cache, self._forward, allowed=lean, attention=decode_attention, layers=decode_layers
+        )
         self.tuner = ThreadTuner()
         self.chunking = ChunkScheduler(prefill_chunk_tokens)
         self._active: list[Seq] = []  # row i of the cache is _active[i]

@@ -39,7 +39,13 @@ def model_max_tokens(spec: ModelSpec, generation_config: dict[str, Any]) -> int 
 
 
 def build_engine(
-    spec: ModelSpec, model: Any, tokenizer: Any, *, pad_token_id: int | None, decode_attention: Any = None
+    spec: ModelSpec,
+    model: Any,
+    tokenizer: Any,
+    *,
+    pad_token_id: int | None,
+    decode_attention: Any = None,
+    decode_layers: Any = None,
 ) -> tuple[Any, str]:
     """The engine the spec asks for: batched (continuous batching) where the model supports it."""
     if spec.engine in ("auto", "batched"):
@@ -58,6 +64,7 @@ def build_engine(
                 prefill_chunk_tokens=spec.prefill_chunk_tokens,
                 lean=not spec.compile,  # a compiled forward is the faster one to keep
                 decode_attention=decode_attention,
+                decode_layers=decode_layers,
             )
             return engine, "batched"
         if spec.engine == "batched":
@@ -108,7 +115,12 @@ def build_served_model(spec: ModelSpec, *, cache_dir: Any, adapters: AdapterRegi
     )
     report("engine", 0.9)
     engine, kind = build_engine(
-        spec, loaded.model, tokenizer, pad_token_id=pipeline.pad_token_id, decode_attention=loaded.decode_attention
+        spec,
+        loaded.model,
+        tokenizer,
+        pad_token_id=pipeline.pad_token_id,
+        decode_attention=loaded.decode_attention,
+        decode_layers=loaded.decode_layers,
     )
     lean = getattr(engine, "lean", None)  # lean_forward.LeanPath of the batched engine
     served = ServedModel(
@@ -125,6 +137,7 @@ def build_served_model(spec: ModelSpec, *, cache_dir: Any, adapters: AdapterRegi
             "engine": kind,
             "forward": getattr(lean, "path", "model"),
             "decode_attention": getattr(lean, "attention", "model"),
+            "decode_layers": getattr(lean, "decode_layers", "model"),
             **loaded.speed,
         },
     )

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from gateway.engine.batch_support import probe_step
 from gateway.engine.decode_attention import AGREEMENT, DecodeAttention
+from gateway.engine.decode_layers import DecodeLayers, FusedLayers
 from gateway.engine.kvcache import BatchKVCache, forward_last_logits
 from gateway.engine.rowwise import row_invariant_rows
 
@@ -53,9 +54,11 @@ def _rms_norm(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return norm.weight * hidden.to(x.dtype)
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+def _rotary_embedding(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """transformers' apply_rotary_pos_emb for one tensor; in place where the temporary is fresh (the same ops,
+    fewer live buffers in a chunk)."""
     half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return (x * cos).add_(torch.cat((-x[..., half:], x[..., :half]), dim=-1).mul_(sin))
 
 
 def _has_hooks(model: torch.nn.Module) -> bool:
@@ -114,17 +117,29 @@ class LeanForward:
     batch: a decode step is `rows` sequences of one token, a chunk one sequence of `q` tokens.
     """
 
-    def __init__(self, model: Any, attention: DecodeAttention | None = None) -> None:
+    def __init__(self, model: Any, attention: DecodeAttention | None = None, fused: FusedLayers | None = None) -> None:
         self.model = model
         self.layers = list(model.model.layers[: model.config.num_hidden_layers])
         layer = self.layers[0].self_attn
         self.head_dim = layer.head_dim
         self.groups = layer.num_key_value_groups
         self.attention = attention  # the C kernel for decode rows' attention; None: SDPA (the model's own math)
+        # decode steps' layers in one C call (decode_layers.py), with the attention kernel; then every stack
+        # (chunks, mixed steps) takes its per-token ops from the same library, for the same bits
+        self.fused = fused
+        self.glue: DecodeLayers | None = None if fused is None else fused.library
 
     def decode(self, cache: BatchKVCache, input_ids: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor):
         """One token per row ([rows, 1] ids); the logits of every row. Bit-identical to the model's forward
         with SDPA; with the attention kernel (`attention`), equal to rounding (see decode_attention.py)."""
+        if self.fused is not None and mask.dtype == torch.bool:
+            inner = self.model.model
+            x = F.embedding(input_ids[:, 0], inner.embed_tokens.weight, inner.embed_tokens.padding_idx)
+            valid = mask[:, 0, 0]
+            if self.fused.supports(x, cache.keys, cache.values, valid):
+                cos, sin = (t.contiguous() for t in self._rotary(position_ids))
+                self.fused(x, cos, sin, cache.keys, cache.values, cache.target, valid)
+                return self.model.lm_head.forward(_rms_norm(inner.norm, x))
         attend = self._decode_attention(cache, cache.target, input_ids.shape[0], mask)
         return self._stack(input_ids[:, 0], self._rotary(position_ids), attend)
 
@@ -201,22 +216,28 @@ class LeanForward:
         x = F.embedding(ids, inner.embed_tokens.weight, inner.embed_tokens.padding_idx)  # [tokens, hidden]
         tokens = x.shape[0]
         cos, sin = rotary
+        glue = self.glue
+        norm, rotate = (_rms_norm, _rotary_embedding) if glue is None else (glue.rms_norm, glue.rotary)
+        if glue is not None:
+            cos, sin = cos.contiguous(), sin.contiguous()
         for index, layer in enumerate(self.layers):
             attn = layer.self_attn
-            h = _rms_norm(layer.input_layernorm, x)
+            h = norm(layer.input_layernorm, x)
             q = attn.q_proj.forward(h).view(tokens, -1, self.head_dim)
             k = attn.k_proj.forward(h).view(tokens, -1, self.head_dim)
             v = attn.v_proj.forward(h).view(tokens, -1, self.head_dim)
             if hasattr(attn, "q_norm"):  # Qwen3: RMSNorm over each head
-                q, k = _rms_norm(attn.q_norm, q), _rms_norm(attn.k_norm, k)
-            # in place where the tensor is a fresh temporary: the same ops, fewer live buffers in a chunk
-            q = (q * cos).add_(_rotate_half(q).mul_(sin))
-            k = (k * cos).add_(_rotate_half(k).mul_(sin))
+                q, k = norm(attn.q_norm, q), norm(attn.k_norm, k)
+            q, k = rotate(q, cos, sin), rotate(k, cos, sin)
             x = x + attn.o_proj.forward(attend(q, k, v, index, attn.scaling))
-            h = _rms_norm(layer.post_attention_layernorm, x)
+            h = norm(layer.post_attention_layernorm, x)
             mlp = layer.mlp
-            gate = F.silu(mlp.gate_proj.forward(h), inplace=True)
-            x = x + mlp.down_proj.forward(gate.mul_(mlp.up_proj.forward(h)))
+            gate, up = mlp.gate_proj.forward(h), mlp.up_proj.forward(h)
+            if glue is None:
+                gate = F.silu(gate, inplace=True).mul_(up)
+            else:
+                gate = glue.silu_mul(gate, up)
+            x = x + mlp.down_proj.forward(gate)
         if keep is not None:
             x = x[keep]
         return self.model.lm_head.forward(_rms_norm(inner.norm, x))
@@ -251,6 +272,21 @@ def attention_agrees(model: Any, lean: LeanForward, attention: DecodeAttention) 
     return False
 
 
+def fused_agrees(model: Any, lean: LeanForward, fused: FusedLayers) -> bool:
+    """The probe decode step through the torch stack (with `lean`'s attention) and through the fused C layers:
+    logits within `AGREEMENT`?"""
+    cache = BatchKVCache(model.config.num_hidden_layers, next(model.parameters()).device)
+    with torch.inference_mode():
+        _, (ids, positions, mask) = probe_step(model, cache, _model_forward)
+        expected = lean.decode(cache, ids, positions, mask)
+        got = LeanForward(model, lean.attention, fused).decode(cache, ids, positions, mask)
+    difference = float((got - expected).abs().max())
+    if difference <= AGREEMENT * max(1.0, float(expected.abs().max())):
+        return True
+    logger.warning("fused decode layers: logits differ from the torch stack's by up to %.3g", difference)
+    return False
+
+
 def _model_forward(model: Any, cache: BatchKVCache, ids, positions, mask) -> torch.Tensor:
     return forward_last_logits(model, cache, ids, positions, mask, None)  # sdpa (lean_support): boolean masks
 
@@ -273,6 +309,7 @@ class LeanPath:
         *,
         allowed: bool = True,
         attention: DecodeAttention | None = None,
+        layers: DecodeLayers | None = None,
     ) -> None:
         self.cache = cache
         self.full = full
@@ -291,6 +328,14 @@ class LeanPath:
                     self.lean.attention, self.attention = attention, "kernel"
             except Exception:  # noqa: BLE001 - nor may the kernel's: SDPA stays
                 logger.exception("decode attention kernel check failed; SDPA stays")
+        self.decode_layers = "torch"  # decode steps' layers: "torch" (module by module), "fused" (decode_layers.py)
+        if self.lean is not None and self.lean.attention is not None and layers is not None:
+            try:
+                fused = layers.stack(model, self.lean.attention)
+                if fused is not None and fused_agrees(model, self.lean, fused):
+                    self.lean.fused, self.lean.glue, self.decode_layers = fused, layers, "fused"
+            except Exception:  # noqa: BLE001 - the torch stack stays
+                logger.exception("fused decode layers check failed; the torch stack stays")
         if self.lean is None:
             self.attention = "model"
         self.on_cpu = next(model.parameters()).device.type == "cpu"
@@ -298,9 +343,10 @@ class LeanPath:
         self.row_limit = row_invariant_rows(model)
         if reason is None:
             logger.info(
-                "lean forward on for %s (matched the model's forward bit for bit), decode attention: %s",
+                "lean forward on for %s (matched the model's forward bit for bit), decode attention: %s, layers: %s",
                 name,
                 self.attention,
+                self.decode_layers,
             )
         else:
             logger.info("lean forward off for %s: %s", name, reason)

@@ -20,6 +20,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from gateway.engine.decode_attention import build_decode_attention
+from gateway.engine.decode_layers import build_decode_layers
 from gateway.engine.gguf_cache import ensure_dequantized
 from gateway.engine.linear_layout import apply_int8, apply_linear_layout
 from gateway.engine.speed import auto_cpu_dtype, compile_forward
@@ -46,6 +47,7 @@ class LoadedModel:
     source: str
     speed: dict[str, Any] = field(default_factory=dict)  # CPU speed options that were applied
     decode_attention: Any = None  # decode_attention.DecodeAttention where native kernels may run (fp32, CPU)
+    decode_layers: Any = None  # decode_layers.DecodeLayers, likewise
 
 
 def embedded_gguf_path() -> Path:
@@ -192,9 +194,10 @@ def load_model(
     linear = {"linear_kernel": "torch", "linear_layers": 0}
     if device.type == "cpu":  # the layers int8 left alone
         linear = apply_linear_layout(model, kernel, tied_head=spec.prepack_tied_head, cache_dir=Path(cache_dir))
-    attention = None
+    attention = layers = None
     if device.type == "cpu" and kernel in ("auto", "rowwise") and dtype == torch.float32 and not spec.compile:
         attention = build_decode_attention(Path(cache_dir))
+        layers = None if attention is None else build_decode_layers(Path(cache_dir))
     if spec.compile:
         compile_forward(model)
     config = model.config.to_dict()
@@ -231,6 +234,7 @@ def load_model(
             "compiled": spec.compile,
         },
         decode_attention=attention,
+        decode_layers=layers,
     )
 
 

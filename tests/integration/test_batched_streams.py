@@ -62,6 +62,7 @@ def test_eight_concurrent_streams_on_the_default_server(server: RunningServer) -
     # the cache is fp32; the auto dtype is bf16 on CPUs with bf16 instructions, where SDPA stays
     native_attention = details["dtype"] == "float32" and native._compiler() is not None
     assert details["decode_attention"] == ("kernel" if native_attention else "sdpa")
+    assert details["decode_layers"] == ("fused" if native_attention else "torch")
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +91,12 @@ def test_greedy_stream_keeps_its_solo_text_among_hot_streams(small_fp32_server: 
     assert together[0] == solo
     assert all(finish in ("stop", "length") for _, finish, _ in together)
     details = httpx.get(f"{base}/models/{MODEL}", timeout=10).json()["details"]
-    # at fp32 the decode rows attended through the C kernel (where it compiles): the same text alone and in a batch
-    assert details["decode_attention"] == ("kernel" if native._compiler() is not None else "sdpa")
+    # at fp32 the decode rows attended through the C kernel and ran the fused layers (where they compile): the same
+    # text alone and in a batch
+    compiled = native._compiler() is not None
+    assert (details["decode_attention"], details["decode_layers"]) == (
+        ("kernel", "fused") if compiled else ("sdpa", "torch")
+    )
 
 
 def test_beyond_running_plus_queued_is_429_and_dropped_streams_free_slots(small_fp32_server: RunningServer) -> None:

@@ -9,6 +9,7 @@ from typing import TypeVar
 import pytest
 
 from gateway.engine.decode_attention import DecodeAttention, build_decode_attention
+from gateway.engine.decode_layers import DecodeLayers, build_decode_layers
 from gateway.engine.rowwise import RowwiseKernel, build_rowwise_kernel
 from tests.unit.helpers import Gateway, open_gateway
 
@@ -37,6 +38,12 @@ def kernel(tmp_path_factory: pytest.TempPathFactory) -> RowwiseKernel:
 def decode_attention(tmp_path_factory: pytest.TempPathFactory) -> DecodeAttention:
     """The decode attention kernel, built once for the session in a temporary cache directory."""
     return _built_or_skip(build_decode_attention, tmp_path_factory, "decode steps keep SDPA")
+
+
+@pytest.fixture(scope="session")
+def decode_layers(tmp_path_factory: pytest.TempPathFactory) -> DecodeLayers:
+    """The fused decode layers' library, built once for the session in a temporary cache directory."""
+    return _built_or_skip(build_decode_layers, tmp_path_factory, "decode steps keep the torch stack")
 
 
 @pytest.fixture

@@ -189,7 +189,8 @@ async def test_a_lean_stack_that_disagrees_is_off_from_the_start(
         await reference.close()
     assert reference.lean.path == "model"
 
-    monkeypatch.setattr(lean_forward, "_rotate_half", lambda x: torch.cat((x[..., 1:], x[..., :1]), dim=-1))
+    wrong_half = lambda x: torch.cat((x[..., 1:], x[..., :1]), dim=-1)  # noqa: E731 - a rotation by one lane
+    monkeypatch.setattr(lean_forward, "_rotary_embedding", lambda x, cos, sin: x * cos + wrong_half(x) * sin)
     engine = BatchedEngine(model, gpt2_tokenizer(), name="changed")
     try:
         assert engine.lean.path == "model"  # the check at start caught it

@@ -37,13 +37,13 @@ PROMPT = 45  # tokens of the pending prompt, in chunks of CHUNK with a decode st
 CHUNK = 8
 
 
-def run_twins(model: Any) -> tuple[list, list]:
+def run_twins(model: Any, lean: LeanForward | None = None) -> tuple[list, list]:
     """The same work on two caches: decode + chunk apart, and mixed. Per step (decode logits, chunk logits)."""
     generator = torch.Generator().manual_seed(11)
     prompt = torch.randint(0, VOCAB, (1, PROMPT), generator=generator)
     tokens = torch.randint(0, VOCAB, (PROMPT // CHUNK + 3, 3), generator=generator)
     first = torch.randint(0, VOCAB, (2, 9), generator=generator)
-    lean = LeanForward(model)
+    lean = lean or LeanForward(model)
     results: dict[bool, list] = {}
     for mixed in (False, True):
         cache = BatchKVCache(model.config.num_hidden_layers, torch.device("cpu"))
