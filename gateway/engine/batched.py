@@ -5,7 +5,8 @@ KV cache (`BatchKVCache`). Each iteration:
 
 1. drops rows whose request was cancelled (client gone, `abort`), freeing their slots;
 2. admits waiting requests into free slots (≤ max_running) and prefills them together in one
-   left-padded forward; their first token is sampled from the prefill logits and sent at once;
+   forward (packed on the lean stack, else left-padded); their first token is sampled from the
+   prefill logits and sent at once;
    a prompt longer than `prefill_chunk_tokens` is prefilled alone, one chunk per iteration
    (gateway/engine/chunked_prefill.py), in the same forward as the running rows' decode step where
    the lean stack runs (a mixed step), so they keep decoding while it fills;
@@ -43,7 +44,7 @@ from gateway.engine.chunked_prefill import ChunkScheduler
 from gateway.engine.decode_attention import DecodeAttention
 from gateway.engine.decode_layers import DecodeLayers
 from gateway.engine.kvcache import BatchKVCache, attention_mask_dtype, forward_last_logits
-from gateway.engine.lean_forward import LeanPath
+from gateway.engine.lean_path import LeanPath
 from gateway.engine.rows import Outbox, Seq
 from gateway.engine.sampling import sample
 from gateway.engine.speed import output_vocab_size

@@ -2,8 +2,9 @@
 
 Part of `BatchedEngine` (gateway/engine/batched.py), split out to keep that file readable: these methods
 run on the engine thread and use its cache, tuner, lean path and rows. A group of short prompts is
-prefilled in one left-padded forward (a prefix they all share computed once); a long prompt is prefilled
-a chunk per step (gateway/engine/chunked_prefill.py), in the running rows' decode forward where it can.
+prefilled in one forward, packed on the lean stack (else left-padded; a prefix they all share computed
+once); a long prompt is prefilled a chunk per step (gateway/engine/chunked_prefill.py), in the running
+rows' decode forward where it can.
 """
 
 from __future__ import annotations
@@ -89,12 +90,16 @@ class PrefillSteps:
             self.shared_prefix_tokens += shared * (len(ready) - 1)
         width = max(lengths) - shared
         position_ids, mask = self.cache.begin_prefill(lengths, shared)
-        input_ids = torch.tensor(
-            [[0] * (width - (len(seq.history) - shared)) + seq.history[shared:] for seq in ready],
-            dtype=torch.long,
-            device=self.device,
-        )
-        logits = self.tuner.run("prefill", len(ready) * width, self._forward, input_ids, position_ids, mask)
+        if self.lean.mixes:  # packed, no padding (lean_forward.py: a fifth of a chat burst's prefill was padding)
+            suffixes = [seq.history[shared:] for seq in ready]
+            logits = self.tuner.run("prefill", sum(map(len, suffixes)), self.lean.prefill, suffixes, shared)
+        else:
+            input_ids = torch.tensor(
+                [[0] * (width - (len(seq.history) - shared)) + seq.history[shared:] for seq in ready],
+                dtype=torch.long,
+                device=self.device,
+            )
+            logits = self.tuner.run("prefill", len(ready) * width, self._forward, input_ids, position_ids, mask)
         self.cache.end_prefill(lengths, shared)
         logger.debug(
             "prefill: %d rows joined %d, width %d after %d shared, %.1f ms",

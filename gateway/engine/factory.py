@@ -122,7 +122,7 @@ def build_served_model(spec: ModelSpec, *, cache_dir: Any, adapters: AdapterRegi
         decode_attention=loaded.decode_attention,
         decode_layers=loaded.decode_layers,
     )
-    lean = getattr(engine, "lean", None)  # lean_forward.LeanPath of the batched engine
+    lean = getattr(engine, "lean", None)  # lean_path.LeanPath of the batched engine
     served = ServedModel(
         spec=spec,
         pipeline=pipeline,

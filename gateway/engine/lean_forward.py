@@ -10,28 +10,25 @@ starts, before it is trusted; see `LeanPath`), minus the plumbing: SmolLM2, same
 one decode step at 1 / 8 rows: int8 44.7 -> 33.4 / 78.0 -> 70.2 ms, fp32 83.7 -> 72.4 / 108.6 -> 101.1.
 
 Prompt chunks of a long prompt (gateway/engine/chunked_prefill.py) take the same stack with a split
-attention that needs no mask (`prefix_causal_attention`); batched prefill of short prompts keeps the
-model's forward (left padding, shared prefixes), where large matmuls dwarf the overhead anyway. vLLM
-gets the same effect by writing its own model classes; here the model stays transformers' own (its
-weights, its rotary embedding module, its cache interface).
+attention that needs no mask (`prefix_causal_attention`), and so do bursts of short prompts (`prefill`):
+packed into one flat run of tokens instead of the model's left-padded batch, which spent a fifth of a
+chat burst's prefill on padding (8 prompts of 29-50 tokens, SmolLM2 fp32: 730 -> 581 ms). vLLM gets the
+same effect by writing its own model classes; here the model stays transformers' own (its weights, its
+rotary embedding module, its cache interface). Which paths run is decided at start (lean_path.py).
 """
 
 from __future__ import annotations
 
-import logging
+import itertools
 from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from gateway.engine.batch_support import probe_step
-from gateway.engine.decode_attention import AGREEMENT, DecodeAttention
+from gateway.engine.decode_attention import DecodeAttention
 from gateway.engine.decode_layers import DecodeLayers, FusedLayers
-from gateway.engine.kvcache import BatchKVCache, forward_last_logits
-from gateway.engine.rowwise import row_invariant_rows
-
-logger = logging.getLogger(__name__)
+from gateway.engine.kvcache import BatchKVCache
 
 # Architectures whose decoder layer is exactly: RMSNorm -> q/k/v (optional per-head q/k RMSNorm) ->
 # rotary -> sdpa -> o_proj -> residual -> RMSNorm -> down(silu(gate) * up) -> residual.
@@ -100,14 +97,22 @@ def prefix_causal_attention(
     attention took 114 ms per layer that way, 85 ms split (the flash kernel groups query heads itself).
     Shapes: query [1, heads, q, d], keys/values [1, kv_heads, prefix + q, d]; returns [1, heads, q, d].
     """
+    early = (keys[:, :, :prefix], values[:, :, :prefix]) if prefix else None
+    return split_causal_attention(query, keys[:, :, prefix:], values[:, :, prefix:], early, scale)
+
+
+def split_causal_attention(
+    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, early: tuple | None, scale: float
+) -> torch.Tensor:
+    """`query` over its own `keys`/`values` causally and over the `early` (keys, values) in full (None: none)."""
     flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-    own, own_lse = flash(query, keys[:, :, prefix:], values[:, :, prefix:], 0.0, True, scale=scale)[:2]
-    if prefix == 0:
+    own, own_lse = flash(query, keys, values, 0.0, True, scale=scale)[:2]
+    if early is None:
         return own
-    early, early_lse = flash(query, keys[:, :, :prefix], values[:, :, :prefix], 0.0, False, scale=scale)[:2]
+    early_out, early_lse = flash(query, early[0], early[1], 0.0, False, scale=scale)[:2]
     total = torch.logaddexp(early_lse, own_lse)
-    merged = early.mul_(torch.exp(early_lse - total)[..., None]).add_(own.mul_(torch.exp(own_lse - total)[..., None]))
-    return merged.to(query.dtype)
+    merged = early_out.mul_(torch.exp(early_lse - total)[..., None])
+    return merged.add_(own.mul_(torch.exp(own_lse - total)[..., None])).to(query.dtype)
 
 
 class LeanForward:
@@ -148,6 +153,35 @@ class LeanForward:
         ones; the logits of the last token [1, vocab]. CPU only (torch's CPU flash kernel)."""
         attend = self._chunk_attention(cache, cache.target, input_ids.shape[1], prefix)
         return self._stack(input_ids[0], self._rotary(position_ids), attend, keep=slice(-1, None))
+
+    def prefill(self, cache: BatchKVCache, suffixes: list[list[int]], shared: int) -> torch.Tensor:
+        """New rows' prompts after `shared` prefix tokens already in their cache rows, packed: one flat run of
+        their tokens, no padding (`cache.target` as `begin_prefill` set it). Each row's last logits [n, vocab].
+        CPU only (torch's CPU flash kernel)."""
+        r0, _, _, _, first = cache.target
+        end = cache.end
+        lengths = [len(suffix) for suffix in suffixes]
+        bounds = list(itertools.accumulate(lengths, initial=0))
+        device = cache.device
+        ids = torch.tensor([token for suffix in suffixes for token in suffix], dtype=torch.long, device=device)
+        positions = torch.cat([torch.arange(shared, shared + n, device=device) for n in lengths])[None]
+
+        def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: int, scale: float) -> torch.Tensor:
+            parts = []
+            for i, n in enumerate(lengths):
+                a, b, row = bounds[i], bounds[i + 1], r0 + i
+                own = (row, row + 1, end - n, n, end - n)  # right-aligned to `end`, as begin_prefill lays rows out
+                keys, values = cache.write(own, k[a:b].transpose(0, 1)[None], v[a:b].transpose(0, 1)[None], index)
+                early = None
+                if shared:  # the prefix computed once and copied into every new row
+                    span = slice(first, first + shared)
+                    early = (cache.keys[index][row : row + 1, :, span], cache.values[index][row : row + 1, :, span])
+                out = split_causal_attention(q[a:b].transpose(0, 1)[None], keys, values, early, scale)
+                parts.append(out[0].transpose(0, 1).reshape(n, -1))
+            return torch.cat(parts)
+
+        keep = torch.tensor(bounds[1:], device=device) - 1
+        return self._stack(ids, self._rotary(positions), attend, keep=keep)
 
     def mixed(self, cache: BatchKVCache, decode: tuple, chunk: tuple) -> torch.Tensor:
         """A decode step and a prompt chunk in one pass: every weight is read once for both.
@@ -241,138 +275,3 @@ class LeanForward:
         if keep is not None:
             x = x[keep]
         return self.model.lm_head.forward(_rms_norm(inner.norm, x))
-
-
-def matches_model_forward(model: Any, lean: LeanForward) -> bool:
-    """A decode step of two rows (different prompt lengths: a masked hole) through both: identical logits?"""
-    cache = BatchKVCache(model.config.num_hidden_layers, next(model.parameters()).device)
-    with torch.inference_mode():
-        _, (ids, positions, mask) = probe_step(model, cache, _model_forward)
-        got = lean.decode(cache, ids, positions, mask)  # first: the model's forward then rewrites the column
-        expected = _model_forward(model, cache, ids, positions, mask)
-    if torch.equal(got, expected):
-        return True
-    logger.warning(
-        "lean forward: logits differ from the model's forward by up to %.3g", float((got - expected).abs().max())
-    )
-    return False
-
-
-def attention_agrees(model: Any, lean: LeanForward, attention: DecodeAttention) -> bool:
-    """The same probe decode step with SDPA and with the C attention kernel: logits within `AGREEMENT`?"""
-    cache = BatchKVCache(model.config.num_hidden_layers, next(model.parameters()).device)
-    with torch.inference_mode():
-        _, (ids, positions, mask) = probe_step(model, cache, _model_forward)
-        expected = lean.decode(cache, ids, positions, mask)
-        got = LeanForward(model, attention).decode(cache, ids, positions, mask)
-    difference = float((got - expected).abs().max())
-    if difference <= AGREEMENT * max(1.0, float(expected.abs().max())):
-        return True
-    logger.warning("decode attention kernel: logits differ from SDPA's by up to %.3g", difference)
-    return False
-
-
-def fused_agrees(model: Any, lean: LeanForward, fused: FusedLayers) -> bool:
-    """The probe decode step through the torch stack (with `lean`'s attention) and through the fused C layers:
-    logits within `AGREEMENT`?"""
-    cache = BatchKVCache(model.config.num_hidden_layers, next(model.parameters()).device)
-    with torch.inference_mode():
-        _, (ids, positions, mask) = probe_step(model, cache, _model_forward)
-        expected = lean.decode(cache, ids, positions, mask)
-        got = LeanForward(model, lean.attention, fused).decode(cache, ids, positions, mask)
-    difference = float((got - expected).abs().max())
-    if difference <= AGREEMENT * max(1.0, float(expected.abs().max())):
-        return True
-    logger.warning("fused decode layers: logits differ from the torch stack's by up to %.3g", difference)
-    return False
-
-
-def _model_forward(model: Any, cache: BatchKVCache, ids, positions, mask) -> torch.Tensor:
-    return forward_last_logits(model, cache, ids, positions, mask, None)  # sdpa (lean_support): boolean masks
-
-
-class LeanPath:
-    """The engine's forwards for decode steps and prompt chunks: lean where it gives the model's own math.
-
-    Checked once when the engine starts (`matches_model_forward`): a transformers release that changed a
-    layer's math turns the lean stack off instead of changing outputs. Prompt chunks take it on CPU, with
-    the split attention of `prefix_causal_attention` (equal to the masked one up to float rounding).
-    Decode rows attend through the C kernel of decode_attention.py when one is given and its logits agree
-    with SDPA's at the start (`attention_agrees`), in decode and mixed steps alike.
-    """
-
-    def __init__(
-        self,
-        model: Any,
-        cache: BatchKVCache,
-        full: Forward,
-        *,
-        allowed: bool = True,
-        attention: DecodeAttention | None = None,
-        layers: DecodeLayers | None = None,
-    ) -> None:
-        self.cache = cache
-        self.full = full
-        name = getattr(model.config, "name_or_path", type(model).__name__)
-        reason = lean_support(model) if allowed else "not allowed (compiled forward)"
-        self.lean: LeanForward | None = LeanForward(model) if reason is None else None
-        self.attention = "sdpa"  # the decode rows' attention: "sdpa", "kernel" (decode_attention.py) or "model"
-        try:
-            if self.lean is not None and not matches_model_forward(model, self.lean):
-                reason, self.lean = "its logits differ from the model's forward", None
-        except Exception as exc:  # noqa: BLE001 - the check must never keep the model from loading
-            reason, self.lean = f"its check failed ({type(exc).__name__}: {exc})", None
-        if self.lean is not None and attention is not None:
-            try:
-                if attention_agrees(model, self.lean, attention):
-                    self.lean.attention, self.attention = attention, "kernel"
-            except Exception:  # noqa: BLE001 - nor may the kernel's: SDPA stays
-                logger.exception("decode attention kernel check failed; SDPA stays")
-        self.decode_layers = "torch"  # decode steps' layers: "torch" (module by module), "fused" (decode_layers.py)
-        if self.lean is not None and self.lean.attention is not None and layers is not None:
-            try:
-                fused = layers.stack(model, self.lean.attention)
-                if fused is not None and fused_agrees(model, self.lean, fused):
-                    self.lean.fused, self.lean.glue, self.decode_layers = fused, layers, "fused"
-            except Exception:  # noqa: BLE001 - the torch stack stays
-                logger.exception("fused decode layers check failed; the torch stack stays")
-        if self.lean is None:
-            self.attention = "model"
-        self.on_cpu = next(model.parameters()).device.type == "cpu"
-        # rows a mixed forward may hold with each decode row's logits as in a decode step alone
-        self.row_limit = row_invariant_rows(model)
-        if reason is None:
-            logger.info(
-                "lean forward on for %s (matched the model's forward bit for bit), decode attention: %s, layers: %s",
-                name,
-                self.attention,
-                self.decode_layers,
-            )
-        else:
-            logger.info("lean forward off for %s: %s", name, reason)
-
-    @property
-    def path(self) -> str:
-        return "lean" if self.lean is not None else "model"
-
-    @property
-    def mixes(self) -> bool:
-        """A decode step and a prompt chunk can share one forward (`mixed`): the lean stack, on CPU."""
-        return self.lean is not None and self.on_cpu
-
-    def mixed(self, decode: tuple, chunk: tuple) -> torch.Tensor:
-        assert self.lean is not None
-        return self.lean.mixed(self.cache, decode, chunk)
-
-    def decode(self, input_ids: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        if self.lean is None:
-            return self.full(input_ids, position_ids, mask)
-        return self.lean.decode(self.cache, input_ids, position_ids, mask)
-
-    def chunk(
-        self, input_ids: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor, prefix: int
-    ) -> torch.Tensor:
-        """A chunk of the pending row's prompt after `prefix` cached tokens (`mask` for the model's forward)."""
-        if self.lean is not None and self.on_cpu:
-            return self.lean.chunk(self.cache, input_ids, position_ids, prefix)
-        return self.full(input_ids, position_ids, mask)

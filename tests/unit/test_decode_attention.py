@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from gateway.engine.batched import BatchedEngine
 from gateway.engine.decode_attention import DecodeAttention
 from gateway.engine.kvcache import BatchKVCache
-from gateway.engine.lean_forward import LeanPath
+from gateway.engine.lean_path import LeanPath
 from tests.unit.batched_tiny import collect, gpt2_tokenizer, params, tiny_model
 
 pytestmark = pytest.mark.anyio

@@ -21,7 +21,8 @@ from gateway.engine.batched import BatchedEngine
 from gateway.engine.decode_attention import DecodeAttention
 from gateway.engine.decode_layers import DecodeLayers, FusedLayers
 from gateway.engine.kvcache import BatchKVCache, forward_last_logits
-from gateway.engine.lean_forward import LeanForward, LeanPath
+from gateway.engine.lean_forward import LeanForward
+from gateway.engine.lean_path import LeanPath
 from gateway.engine.rowwise import RowwiseKernel, quantize_int8_rowwise, use_rowwise_linears
 from tests.unit.batched_tiny import collect, gpt2_tokenizer, params
 from tests.unit.test_lean_forward import MODELS, VOCAB

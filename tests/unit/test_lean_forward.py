@@ -16,10 +16,11 @@ from typing import Any
 import pytest
 import torch
 
-from gateway.engine import lean_forward
+from gateway.engine import lean_forward, lean_path
 from gateway.engine.batched import BatchedEngine
 from gateway.engine.kvcache import BatchKVCache, forward_last_logits
-from gateway.engine.lean_forward import LeanForward, LeanPath, lean_support, prefix_causal_attention
+from gateway.engine.lean_forward import LeanForward, lean_support, prefix_causal_attention
+from gateway.engine.lean_path import LeanPath
 from gateway.engine.rowwise import quantize_int8_rowwise, use_rowwise_linears
 from tests.unit.batched_tiny import PROMPTS, collect, gpt2_tokenizer, params, prompt, tiny_model
 
@@ -246,6 +247,6 @@ def test_a_check_that_raises_keeps_the_model_forward(monkeypatch: pytest.MonkeyP
     def broken(*args: Any) -> bool:
         raise RuntimeError("unexpected shape")
 
-    monkeypatch.setattr(lean_forward, "matches_model_forward", broken)
+    monkeypatch.setattr(lean_path, "matches_model_forward", broken)
     path = LeanPath(tiny_model(), BatchKVCache(2, torch.device("cpu")), lambda *args: "full")
     assert path.path == "model" and path.decode(1, 2, 3) == "full"
