@@ -82,18 +82,24 @@ class PrefillSteps:
         shared = shared_prefix([seq.history for seq in ready]) if len(ready) > 1 else 0
         if shared < MIN_SHARED_PREFIX:
             shared = 0
+        width = max(lengths) - shared
         if shared:  # e.g. the system prompt of a burst of chat requests: computed once, copied to each row
             position_ids, mask = self.cache.begin_shared_prefix(lengths, shared)
-            prefix = torch.tensor([ready[0].history[:shared]], dtype=torch.long, device=self.device)
-            self.tuner.run("prefill", shared, self._forward, prefix, position_ids, mask)
-            self.cache.copy_shared_prefix(len(ready), lengths, shared)
             self.shared_prefix_tokens += shared * (len(ready) - 1)
-        width = max(lengths) - shared
-        position_ids, mask = self.cache.begin_prefill(lengths, shared)
         if self.lean.mixes:  # packed, no padding (lean_forward.py: a fifth of a chat burst's prefill was padding)
-            suffixes = [seq.history[shared:] for seq in ready]
-            logits = self.tuner.run("prefill", sum(map(len, suffixes)), self.lean.prefill, suffixes, shared)
+            self.cache.begin_prefill(lengths, shared)
+            prefix, suffixes = ready[0].history[:shared], [seq.history[shared:] for seq in ready]
+            logits = self.tuner.run(
+                "prefill", sum(lengths) - shared * (len(ready) - 1), self.lean.prefill, prefix, suffixes
+            )
+            if shared:
+                self.cache.copy_shared_prefix(len(ready), lengths, shared)
         else:
+            if shared:
+                prefix_ids = torch.tensor([ready[0].history[:shared]], dtype=torch.long, device=self.device)
+                self.tuner.run("prefill", shared, self._forward, prefix_ids, position_ids, mask)
+                self.cache.copy_shared_prefix(len(ready), lengths, shared)
+            position_ids, mask = self.cache.begin_prefill(lengths, shared)
             input_ids = torch.tensor(
                 [[0] * (width - (len(seq.history) - shared)) + seq.history[shared:] for seq in ready],
                 dtype=torch.long,

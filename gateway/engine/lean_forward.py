@@ -97,21 +97,30 @@ def prefix_causal_attention(
     attention took 114 ms per layer that way, 85 ms split (the flash kernel groups query heads itself).
     Shapes: query [1, heads, q, d], keys/values [1, kv_heads, prefix + q, d]; returns [1, heads, q, d].
     """
-    early = (keys[:, :, :prefix], values[:, :, :prefix]) if prefix else None
+    early = flash_attention(query, keys[:, :, :prefix], values[:, :, :prefix], scale, causal=False) if prefix else None
     return split_causal_attention(query, keys[:, :, prefix:], values[:, :, prefix:], early, scale)
+
+
+def flash_attention(
+    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float, causal: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """torch's CPU flash kernel: (output, log-sum-exp of the scores) for [1, heads, q, d] queries."""
+    flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    out, lse = flash(query, keys, values, 0.0, causal, scale=scale)[:2]
+    return out, lse
 
 
 def split_causal_attention(
     query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, early: tuple | None, scale: float
 ) -> torch.Tensor:
-    """`query` over its own `keys`/`values` causally and over the `early` (keys, values) in full (None: none)."""
-    flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-    own, own_lse = flash(query, keys, values, 0.0, True, scale=scale)[:2]
+    """`query` over its own `keys`/`values` causally, merged with `early`: its (output, log-sum-exp) over
+    earlier columns in full (`flash_attention`), or None."""
+    own, own_lse = flash_attention(query, keys, values, scale, causal=True)
     if early is None:
         return own
-    early_out, early_lse = flash(query, early[0], early[1], 0.0, False, scale=scale)[:2]
+    early_out, early_lse = early
     total = torch.logaddexp(early_lse, own_lse)
-    merged = early_out.mul_(torch.exp(early_lse - total)[..., None])
+    merged = early_out * torch.exp(early_lse - total)[..., None]
     return merged.add_(own.mul_(torch.exp(own_lse - total)[..., None])).to(query.dtype)
 
 
@@ -154,31 +163,38 @@ class LeanForward:
         attend = self._chunk_attention(cache, cache.target, input_ids.shape[1], prefix)
         return self._stack(input_ids[0], self._rotary(position_ids), attend, keep=slice(-1, None))
 
-    def prefill(self, cache: BatchKVCache, suffixes: list[list[int]], shared: int) -> torch.Tensor:
-        """New rows' prompts after `shared` prefix tokens already in their cache rows, packed: one flat run of
-        their tokens, no padding (`cache.target` as `begin_prefill` set it). Each row's last logits [n, vocab].
-        CPU only (torch's CPU flash kernel)."""
+    def prefill(self, cache: BatchKVCache, prefix: list[int], suffixes: list[list[int]]) -> torch.Tensor:
+        """New rows' prompts, packed: one flat run of their tokens with no padding (`cache.target` as
+        `begin_prefill` set it, after `begin_shared_prefix` when `prefix` is not empty). A `prefix` that all
+        the prompts start with runs once, as the first segment of the run, into the first new row; every row
+        attends over those columns there (copy them to the other rows afterwards: `copy_shared_prefix`).
+        Each row's last logits [n, vocab]. CPU only (torch's CPU flash kernel)."""
         r0, _, _, _, first = cache.target
-        end = cache.end
+        end, shared, device = cache.end, len(prefix), cache.device
         lengths = [len(suffix) for suffix in suffixes]
-        bounds = list(itertools.accumulate(lengths, initial=0))
-        device = cache.device
-        ids = torch.tensor([token for suffix in suffixes for token in suffix], dtype=torch.long, device=device)
-        positions = torch.cat([torch.arange(shared, shared + n, device=device) for n in lengths])[None]
+        bounds = list(itertools.accumulate(lengths, initial=shared))
+        ids = torch.tensor(prefix + [token for suffix in suffixes for token in suffix], dtype=torch.long, device=device)
+        ranges = [(0, shared)] + [(shared, shared + n) for n in lengths]  # position ids: the prefix's, each row's
+        positions = torch.cat([torch.arange(a, b, device=device) for a, b in ranges])[None]
+
+        def heads(t: torch.Tensor) -> torch.Tensor:  # [tokens, heads, d] -> [1, heads, tokens, d]
+            return t.transpose(0, 1)[None]
 
         def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: int, scale: float) -> torch.Tensor:
-            parts = []
+            parts, early = [], None
+            if shared:  # the prefix: causal over itself, in the first new row's columns
+                target = (r0, r0 + 1, first, shared, first)
+                keys, values = cache.write(target, heads(k[:shared]), heads(v[:shared]), index)
+                parts.append(split_causal_attention(heads(q[:shared]), keys, values, None, scale))
+                # every suffix token over the whole prefix: one call for all rows, merged into each row's own below
+                early = flash_attention(heads(q[shared:]), keys, values, scale, causal=False)
             for i, n in enumerate(lengths):
                 a, b, row = bounds[i], bounds[i + 1], r0 + i
                 own = (row, row + 1, end - n, n, end - n)  # right-aligned to `end`, as begin_prefill lays rows out
-                keys, values = cache.write(own, k[a:b].transpose(0, 1)[None], v[a:b].transpose(0, 1)[None], index)
-                early = None
-                if shared:  # the prefix computed once and copied into every new row
-                    span = slice(first, first + shared)
-                    early = (cache.keys[index][row : row + 1, :, span], cache.values[index][row : row + 1, :, span])
-                out = split_causal_attention(q[a:b].transpose(0, 1)[None], keys, values, early, scale)
-                parts.append(out[0].transpose(0, 1).reshape(n, -1))
-            return torch.cat(parts)
+                keys, values = cache.write(own, heads(k[a:b]), heads(v[a:b]), index)
+                mine = None if early is None else tuple(t[:, :, a - shared : b - shared] for t in early)
+                parts.append(split_causal_attention(heads(q[a:b]), keys, values, mine, scale))
+            return torch.cat([part[0].transpose(0, 1) for part in parts]).reshape(q.shape[0], -1)
 
         keep = torch.tensor(bounds[1:], device=device) - 1
         return self._stack(ids, self._rotary(positions), attend, keep=keep)

@@ -141,10 +141,10 @@ class LeanPath:
         prompts are prefilled packed (`prefill`)."""
         return self.lean is not None and self.on_cpu
 
-    def prefill(self, suffixes: list[list[int]], shared: int) -> torch.Tensor:
+    def prefill(self, prefix: list[int], suffixes: list[list[int]]) -> torch.Tensor:
         """Short prompts packed into one lean forward (`LeanForward.prefill`); only where `mixes`."""
         assert self.lean is not None
-        return self.lean.prefill(self.cache, suffixes, shared)
+        return self.lean.prefill(self.cache, prefix, suffixes)
 
     def mixed(self, decode: tuple, chunk: tuple) -> torch.Tensor:
         assert self.lean is not None

@@ -43,12 +43,16 @@ def prefill(model: Any, rows: list[list[int]], shared: int, packed: bool) -> tup
     cache.lookahead = 3
     if shared:
         positions, mask = cache.begin_shared_prefix(lengths, shared)
-        forward(torch.tensor([rows[0][:shared]]), positions, mask)
-        cache.copy_shared_prefix(len(rows), lengths, shared)
-    positions, mask = cache.begin_prefill(lengths, shared)
-    if packed:
-        logits = LeanForward(model).prefill(cache, [row[shared:] for row in rows], shared)
+    if packed:  # the prefix is the run's first segment, copied to the other rows after it
+        cache.begin_prefill(lengths, shared)
+        logits = LeanForward(model).prefill(cache, rows[0][:shared], [row[shared:] for row in rows])
+        if shared:
+            cache.copy_shared_prefix(len(rows), lengths, shared)
     else:
+        if shared:
+            forward(torch.tensor([rows[0][:shared]]), positions, mask)
+            cache.copy_shared_prefix(len(rows), lengths, shared)
+        positions, mask = cache.begin_prefill(lengths, shared)
         width = max(lengths) - shared
         ids = torch.tensor([[0] * (width - len(row) + shared) + row[shared:] for row in rows])
         logits = forward(ids, positions, mask)
@@ -88,30 +92,35 @@ def test_packed_prefill_gives_the_padded_forwards_results(name: str, shared: int
             close(steps[1], steps[0])
 
 
+@pytest.mark.parametrize("system", ["", "You are a terse assistant. Reply in one short line. "])
 async def test_the_engine_prefills_a_burst_packed_with_the_models_tokens(
-    monkeypatch: pytest.MonkeyPatch, anyio_backend: str
+    system: str, monkeypatch: pytest.MonkeyPatch, anyio_backend: str
 ) -> None:
+    """A burst goes through the packed forward (with a system prompt: its shared prefix as the run's first
+    segment) and every request gets the tokens of the left-padded forward."""
     from tests.unit.batched_tiny import PROMPTS, tiny_model
 
     model = tiny_model()
+    prompts = [prompt(system + text) for text in PROMPTS]
     reference = BatchedEngine(model, gpt2_tokenizer(), name="padded", lean=False)
     try:
-        expected = [await collect(reference, prompt(text), params(10)) for text in PROMPTS]
+        expected = [await collect(reference, ids, params(10)) for ids in prompts]
     finally:
         await reference.close()
     packed: list[int] = []
     original = LeanPath.prefill
 
-    def spy(self: LeanPath, suffixes: list[list[int]], shared: int) -> torch.Tensor:
+    def spy(self: LeanPath, prefix: list[int], suffixes: list[list[int]]) -> torch.Tensor:
         packed.append(len(suffixes))
-        return original(self, suffixes, shared)
+        return original(self, prefix, suffixes)
 
     monkeypatch.setattr(LeanPath, "prefill", spy)
     engine = BatchedEngine(model, gpt2_tokenizer(), name="packed")
     try:
         assert engine.lean.mixes
-        got = await asyncio.gather(*[collect(engine, prompt(text), params(10)) for text in PROMPTS])
+        got = await asyncio.gather(*[collect(engine, ids, params(10)) for ids in prompts])
     finally:
         await engine.close()
     assert sum(packed) == len(PROMPTS) and max(packed) > 1  # prompts went in together, packed
+    assert (engine.shared_prefix_tokens > 0) == bool(system)
     assert [r.token_ids for r in got] == [r.token_ids for r in expected]
