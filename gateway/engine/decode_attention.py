@@ -41,6 +41,15 @@ class DecodeAttention:
         self._scratch.argtypes = [integer, integer]
         self._scratch.restype = long
 
+    @property
+    def address(self) -> int:
+        """The C function `decode_attention_f32`, for other native code to call (decode_layers.c)."""
+        return ctypes.cast(self._attend, ctypes.c_void_p).value or 0
+
+    def scratch_floats(self, groups: int, cols: int) -> int:
+        """Floats of scratch one thread needs for `groups` query heads per KV head over `cols` columns."""
+        return self._scratch(groups, cols)
+
     @staticmethod
     def supports(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, valid: torch.Tensor) -> bool:
         """Layouts and dtypes the kernel reads (anything else keeps SDPA)."""
@@ -62,7 +71,7 @@ class DecodeAttention:
         kv_heads, cols = keys.shape[1], keys.shape[2]
         threads = torch.get_num_threads()  # the engine's thread tuner sets it per phase
         out = torch.empty(rows, heads * d, dtype=q.dtype)
-        scratch = torch.empty(threads * self._scratch(heads // kv_heads, cols), dtype=torch.float32)
+        scratch = torch.empty(threads * self.scratch_floats(heads // kv_heads, cols), dtype=torch.float32)
         self._attend(  # ctypes releases the GIL for the call, as a torch op would
             q.data_ptr(),
             keys.data_ptr(),

@@ -104,9 +104,11 @@ def _linear(module: Any) -> _Linear | None:
         return None
     if module.bias is not None and module.bias.dtype != torch.float32:
         return None
-    fn = module.kernel._fns[weight.dtype]
+    address = module.kernel.address(weight.dtype)
+    if address is None:
+        return None
     return _Linear(
-        ctypes.cast(fn, _P).value,
+        address,
         weight.data_ptr(),
         _pointer(scale),
         _pointer(module.bias),
@@ -137,7 +139,7 @@ class FusedLayers:
         # the Linear modules' own row limit: above it they run torch's sgemm, and so must a decode step (its
         # rows then get the same bits in a decode step as in a mixed one)
         self.max_rows = max_rows
-        self._attend = ctypes.cast(attention._attend, _P).value
+        self._attend = attention.address
         self.count = len(layers)
 
     @classmethod
@@ -207,7 +209,7 @@ class FusedLayers:
         scratch = torch.empty(self.library.scratch(dims, rows), dtype=torch.float32)
         groups = self._dims.heads // self._dims.kv_heads
         attention_scratch = torch.empty(
-            threads * self.attention._scratch(groups, write_col + 1 - first_col), dtype=torch.float32
+            threads * self.attention.scratch_floats(groups, write_col + 1 - first_col), dtype=torch.float32
         )
         key_pointers = (_P * self.count)(*[t.data_ptr() for t in keys[: self.count]])
         value_pointers = (_P * self.count)(*[t.data_ptr() for t in values[: self.count]])

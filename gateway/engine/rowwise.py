@@ -46,6 +46,11 @@ class RowwiseKernel:
             fn.restype = None
             self._fns[dtype] = fn
 
+    def address(self, dtype: torch.dtype) -> int | None:
+        """The C function for weights of `dtype` (fp32 or int8), for other native code to call; None otherwise."""
+        fn = self._fns.get(dtype)
+        return None if fn is None else ctypes.cast(fn, ctypes.c_void_p).value
+
     def __call__(
         self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, scale: torch.Tensor | None = None
     ) -> torch.Tensor:
