@@ -127,20 +127,27 @@ async def test_the_engine_decodes_on_the_kernel_with_the_models_greedy_tokens(
 ) -> None:
     """Streams of different lengths, one long prompt prefilled in chunks beside them (mixed steps): every
     request's tokens are the model's own greedy `generate` alone."""
-    from tests.unit.test_chunked_prefill import long_model, random_prompt, solo_greedy
+    from tests.unit.test_chunked_prefill import long_model, random_prompt
 
     rng = random.Random(8)
     cases = [(random_prompt(rng, n), budget) for n, budget in ((30, 40), (700, 6), (12, 30), (90, 20))]
     engine = BatchedEngine(
         long_model(), gpt2_tokenizer(), name="attention", prefill_chunk_tokens=64, decode_attention=decode_attention
     )
+    assert engine.lean.attention == "kernel"
+    await assert_staggered_greedy(engine, cases)
+
+
+async def assert_staggered_greedy(engine: BatchedEngine, cases: list[tuple[list[int], int]]) -> None:
+    """The cases' requests arrive 50 ms apart on `engine` (closed after): each gets its model's greedy
+    `generate` alone (`solo_greedy`), and some steps were mixed (a prompt's chunk beside decode rows)."""
+    from tests.unit.test_chunked_prefill import solo_greedy
+
+    async def one(prompt: list[int], budget: int, delay: float) -> Any:
+        await asyncio.sleep(delay)
+        return await collect(engine, prompt, params(budget))
+
     try:
-        assert engine.lean.attention == "kernel"
-
-        async def one(prompt: list[int], budget: int, delay: float) -> Any:
-            await asyncio.sleep(delay)
-            return await collect(engine, prompt, params(budget))
-
         results = await asyncio.gather(*[one(p, b, 0.05 * i) for i, (p, b) in enumerate(cases)])
     finally:
         await engine.close()

@@ -8,7 +8,6 @@ the guard (layers that disagree are not used); and the engine's greedy tokens wi
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import random
 from typing import Any
@@ -24,7 +23,8 @@ from gateway.engine.kvcache import BatchKVCache, forward_last_logits
 from gateway.engine.lean_forward import LeanForward
 from gateway.engine.lean_path import LeanPath
 from gateway.engine.rowwise import RowwiseKernel, quantize_int8_rowwise, use_rowwise_linears
-from tests.unit.batched_tiny import collect, gpt2_tokenizer, params
+from tests.unit.batched_tiny import gpt2_tokenizer
+from tests.unit.test_decode_attention import assert_staggered_greedy
 from tests.unit.test_lean_forward import MODELS, VOCAB
 from tests.unit.test_mixed_step import assert_same, run_twins
 
@@ -181,7 +181,7 @@ async def test_the_engine_decodes_on_the_fused_layers_with_the_models_greedy_tok
 ) -> None:
     """Streams of different lengths, one long prompt prefilled in chunks beside them (mixed steps): every
     request's tokens are the model's own greedy `generate` alone (torch's Linear and SDPA)."""
-    from tests.unit.test_chunked_prefill import long_model, random_prompt, solo_greedy
+    from tests.unit.test_chunked_prefill import long_model, random_prompt
 
     rng = random.Random(9)
     cases = [(random_prompt(rng, n), budget) for n, budget in ((30, 40), (700, 6), (12, 30), (90, 20))]
@@ -195,16 +195,5 @@ async def test_the_engine_decodes_on_the_fused_layers_with_the_models_greedy_tok
         decode_attention=decode_attention,
         decode_layers=decode_layers,
     )
-    try:
-        assert (engine.lean.attention, engine.lean.decode_layers) == ("kernel", "fused")
-
-        async def one(prompt: list[int], budget: int, delay: float) -> Any:
-            await asyncio.sleep(delay)
-            return await collect(engine, prompt, params(budget))
-
-        results = await asyncio.gather(*[one(p, b, 0.05 * i) for i, (p, b) in enumerate(cases)])
-    finally:
-        await engine.close()
-    assert engine.chunking.mixed_steps > 0
-    for (prompt, budget), result in zip(cases, results, strict=True):
-        assert result.token_ids == solo_greedy(prompt, budget)
+    assert (engine.lean.attention, engine.lean.decode_layers) == ("kernel", "fused")
+    await assert_staggered_greedy(engine, cases)
