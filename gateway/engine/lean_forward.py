@@ -141,7 +141,11 @@ class LeanForward:
         # decode steps' layers in one C call (decode_layers.py), with the attention kernel; then every stack
         # (chunks, mixed steps) takes its per-token ops from the same library, for the same bits
         self.fused = fused
-        self.glue: DecodeLayers | None = None if fused is None else fused.library
+
+    @property
+    def glue(self) -> DecodeLayers | None:
+        """The fused layers' per-token ops, which every stack uses while the fused layers run."""
+        return None if self.fused is None else self.fused.library
 
     def decode(self, cache: BatchKVCache, input_ids: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor):
         """One token per row ([rows, 1] ids); the logits of every row. Bit-identical to the model's forward

@@ -113,7 +113,7 @@ class LeanPath:
             try:
                 fused = layers.stack(model, self.lean.attention)
                 if fused is not None and fused_agrees(model, self.lean, fused):
-                    self.lean.fused, self.lean.glue, self.decode_layers = fused, layers, "fused"
+                    self.lean.fused, self.decode_layers = fused, "fused"
             except Exception:  # noqa: BLE001 - the torch stack stays
                 logger.exception("fused decode layers check failed; the torch stack stays")
         if self.lean is None:
