@@ -124,6 +124,9 @@ def build_targets_map(dtype: str, cb_args: list[str]) -> dict[str, Target]:
         "gantry": Target("gantry", "gantry", dtype, ["--dtype", dtype]),
         "gantry-onednn": Target("gantry onednn", "gantry", dtype, ["--dtype", dtype, "--linear-kernel", "onednn"]),
         "gantry-int8": Target("gantry int8", "gantry", "float32", ["--quantization", "int8"]),
+        "gantry-int8-wo": Target(
+            "gantry int8 weight-only", "gantry", "float32", ["--quantization", "int8-weight-only"]
+        ),
         "gantry-simple": Target("gantry simple", "gantry", dtype, ["--dtype", dtype, "--engine", "simple"]),
         "tserve": Target("transformers serve", "tserve", dtype),
         "tserve-cb": Target(

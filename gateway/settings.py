@@ -102,7 +102,9 @@ class Settings(BaseSettings, AccessSettings):  # AccessSettings: keys, limits, t
         "the decode steps of running requests (bounded memory, streams keep going); 0 = off.",
     )
     quantization: Quantization = Field(
-        default="none", description="Weight quantization: none, or int8 (dynamic int8 Linear layers, CPU only)."
+        default="none",
+        description="Linear layer quantization (CPU only): none; int8 (int8 weights, and int8 activations per 32 "
+        "values where the CPU has AVX-512 VNNI); int8-weight-only (activations stay fp32).",
     )
     compile: bool = Field(default=False, description="torch.compile the model's forward pass.")
     prepack: bool = Field(

@@ -32,7 +32,7 @@ EMBEDDED_DEFAULT_MAX_TOKENS = 256
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 EngineKind = Literal["auto", "batched", "simple"]
-Quantization = Literal["none", "int8"]
+Quantization = Literal["none", "int8", "int8-weight-only"]
 LinearKernel = Literal["auto", "rowwise", "onednn", "torch"]
 
 _DURATION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -158,7 +158,9 @@ class ModelSpec(SpecBase):
         "the decode steps of running requests (bounded memory, streams keep going); 0 = off.",
     )
     quantization: Quantization = Field(
-        default="none", description="int8 = dynamic int8 quantization of Linear layers (CPU only; faster, lossy)."
+        default="none",
+        description="int8 Linear layers (CPU only; faster, lossy): int8 = int8 weights, and int8 activations per "
+        "32 values where the CPU has AVX-512 VNNI; int8-weight-only = activations stay fp32.",
     )
     compile: bool = Field(default=False, description="torch.compile the model's forward (slow first requests).")
     prepack: bool = Field(

@@ -104,7 +104,7 @@ def _linear(module: Any) -> _Linear | None:
         return None
     if module.bias is not None and module.bias.dtype != torch.float32:
         return None
-    address = module.kernel.address(weight.dtype)
+    address = module.gemm_address()
     if address is None:
         return None
     return _Linear(

@@ -16,6 +16,7 @@ import torch
 from gateway.engine.batch_support import probe_step
 from gateway.engine.decode_attention import AGREEMENT, DecodeAttention
 from gateway.engine.decode_layers import DecodeLayers, FusedLayers
+from gateway.engine.int8_vnni import fp32_activations
 from gateway.engine.kvcache import BatchKVCache, forward_last_logits
 from gateway.engine.lean_forward import Forward, LeanForward, lean_support
 from gateway.engine.rowwise import row_invariant_rows
@@ -102,20 +103,14 @@ class LeanPath:
                 reason, self.lean = "its logits differ from the model's forward", None
         except Exception as exc:  # noqa: BLE001 - the check must never keep the model from loading
             reason, self.lean = f"its check failed ({type(exc).__name__}: {exc})", None
-        if self.lean is not None and attention is not None:
-            try:
-                if attention_agrees(model, self.lean, attention):
-                    self.lean.attention, self.attention = attention, "kernel"
-            except Exception:  # noqa: BLE001 - nor may the kernel's: SDPA stays
-                logger.exception("decode attention kernel check failed; SDPA stays")
         self.decode_layers = "torch"  # decode steps' layers: "torch" (module by module), "fused" (decode_layers.py)
-        if self.lean is not None and self.lean.attention is not None and layers is not None:
-            try:
-                fused = layers.stack(model, self.lean.attention)
-                if fused is not None and fused_agrees(model, self.lean, fused):
-                    self.lean.fused, self.decode_layers = fused, "fused"
-            except Exception:  # noqa: BLE001 - the torch stack stays
-                logger.exception("fused decode layers check failed; the torch stack stays")
+        if self.lean is not None:
+            # the kernels are compared with fp32 activations in int8 layers: rounding them to int8 turns float
+            # rounding differences into ~1 % of the logits (the checks' tolerance is 1e-4)
+            with fp32_activations(model):
+                self._check_kernels(model, attention, layers)
+        if self.decode_layers == "fused":  # the stack checked above, built again with the layers' own functions
+            self.lean.fused = layers.stack(model, self.lean.attention)
         if self.lean is None:
             self.attention = "model"
         self.on_cpu = next(model.parameters()).device.type == "cpu"
@@ -130,6 +125,21 @@ class LeanPath:
             )
         else:
             logger.info("lean forward off for %s: %s", name, reason)
+
+    def _check_kernels(self, model: Any, attention: DecodeAttention | None, layers: DecodeLayers | None) -> None:
+        if attention is not None:
+            try:
+                if attention_agrees(model, self.lean, attention):
+                    self.lean.attention, self.attention = attention, "kernel"
+            except Exception:  # noqa: BLE001 - nor may the kernel's: SDPA stays
+                logger.exception("decode attention kernel check failed; SDPA stays")
+        if self.lean.attention is not None and layers is not None:
+            try:
+                fused = layers.stack(model, self.lean.attention)
+                if fused is not None and fused_agrees(model, self.lean, fused):
+                    self.decode_layers = "fused"
+            except Exception:  # noqa: BLE001 - the torch stack stays
+                logger.exception("fused decode layers check failed; the torch stack stays")
 
     @property
     def path(self) -> str:

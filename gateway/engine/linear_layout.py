@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from gateway.engine.int8_vnni import Int8VnniLinear, build_vnni_kernel
 from gateway.engine.rowwise import (
     RowwiseLinear,
     build_rowwise_kernel,
@@ -111,10 +112,17 @@ def apply_linear_layout(model: Any, kernel_choice: LinearKernel, *, tied_head: b
     return done
 
 
-def apply_int8(model: Any, kernel_choice: LinearKernel, *, cache_dir: Path) -> dict:
-    """int8 Linear layers: weight-only on the rowwise kernel where it builds (and the kernel choice allows it),
-    else torch's dynamic quantization (int8 activations too; the MLP output projections stay fp32)."""
+def apply_int8(model: Any, kernel_choice: LinearKernel, *, cache_dir: Path, activations: bool = True) -> dict:
+    """int8 Linear layers on the rowwise kernel where it builds (and the kernel choice allows it): with
+    `activations` and AVX-512 VNNI, activations int8 too (per 32 values: int8_vnni.py), else weight-only;
+    without the kernel, torch's dynamic quantization (the MLP output projections stay fp32)."""
     kernel = build_rowwise_kernel(cache_dir) if kernel_choice in ("auto", "rowwise") else None
-    if kernel is not None:
-        return {"int8": "weight-only", "int8_linears": quantize_int8_rowwise(model, kernel)}
-    return {"int8": "dynamic", "int8_linears": quantize_int8(model)}
+    if kernel is None:
+        return {"int8": "dynamic", "int8_linears": quantize_int8(model)}
+    vnni = build_vnni_kernel(cache_dir) if activations else None
+    count = quantize_int8_rowwise(model, kernel, vnni)
+    on_vnni = sum(isinstance(m, Int8VnniLinear) for m in model.modules())
+    if not on_vnni:
+        return {"int8": "weight-only", "int8_linears": count}
+    # a layer whose input width is not a multiple of the block stays weight-only
+    return {"int8": "activations per 32 (VNNI)", "int8_linears": count, "int8_weight_only": count - on_vnni}

@@ -86,7 +86,7 @@ def resolve_device(requested: str) -> torch.device:
 
 
 def resolve_dtype(requested: str, device: torch.device, quantization: str = "none") -> torch.dtype:
-    if quantization == "int8" and requested not in ("auto", "float32"):
+    if quantization != "none" and requested not in ("auto", "float32"):
         logger.warning("int8 quantization runs on float32 weights; ignoring dtype %s", requested)
         return torch.float32
     if requested != "auto":
@@ -176,8 +176,8 @@ def load_model(
     """Load weights on the resolved device/dtype and neutralize the model's own generation defaults."""
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device, spec.quantization)
-    if spec.quantization == "int8" and device.type != "cpu":
-        raise ValueError(f"quantization=int8 is CPU-only (dynamic int8 Linear layers); the device is {device}.")
+    if spec.quantization != "none" and device.type != "cpu":
+        raise ValueError(f"quantization={spec.quantization} is CPU-only (int8 Linear layers); the device is {device}.")
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust_remote_code}
     multi_gpu = spec.device == "auto" and device.type == "cuda" and torch.cuda.device_count() > 1
     if multi_gpu:
@@ -188,8 +188,9 @@ def load_model(
     model.eval()
     kernel = spec.linear_kernel if spec.prepack else "torch"
     int8: dict[str, Any] = {"int8_linears": 0}
-    if spec.quantization == "int8":  # CPU only (checked above)
-        int8 = apply_int8(model, kernel, cache_dir=Path(cache_dir))
+    if spec.quantization != "none":  # CPU only (checked above)
+        activations = spec.quantization != "int8-weight-only"
+        int8 = apply_int8(model, kernel, cache_dir=Path(cache_dir), activations=activations)
     quantized = int8["int8_linears"]
     linear = {"linear_kernel": "torch", "linear_layers": 0}
     if device.type == "cpu":  # the layers int8 left alone

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -89,6 +90,10 @@ class RowwiseLinear(torch.nn.Module):
         self.bias = linear.bias
         self.kernel = kernel
 
+    def gemm_address(self) -> int | None:
+        """The C function computing this layer, for other native code (the fused decode layers) to call."""
+        return self.kernel.address(self.weight.dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
@@ -125,6 +130,13 @@ def use_rowwise_linears(model: torch.nn.Module, kernel: RowwiseKernel) -> int:
 INT8_KERNEL_MAX_ROWS = 256
 
 
+def quantize_per_row(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 per output row: (int8 values [N, K], fp32 scales [N]) with weight ~ values * scale."""
+    scale = weight.abs().amax(dim=1) / 127.0
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return torch.round(weight / scale[:, None]).clamp_(-127, 127).to(torch.int8), scale.contiguous()
+
+
 class Int8RowwiseLinear(torch.nn.Module):
     """Weight-only int8 Linear: int8 weights with one fp32 scale per output row, fp32 activations.
 
@@ -137,14 +149,16 @@ class Int8RowwiseLinear(torch.nn.Module):
     def __init__(self, linear: torch.nn.Module, kernel: RowwiseKernel) -> None:
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        weight = linear.weight.detach().float()
-        scale = weight.abs().amax(dim=1) / 127.0
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-        self.register_buffer("qweight", torch.round(weight / scale[:, None]).clamp_(-127, 127).to(torch.int8))
-        self.register_buffer("scale", scale.contiguous())
+        q, scale = quantize_per_row(linear.weight.detach().float())
+        self.register_buffer("qweight", q)
+        self.register_buffer("scale", scale)
         bias = None if linear.bias is None else linear.bias.detach().float().clone()
         self.register_buffer("bias", bias)
         self.kernel = kernel
+
+    def gemm_address(self) -> int | None:
+        """The C function computing this layer, for other native code (the fused decode layers) to call."""
+        return self.kernel.address(self.qweight.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -160,9 +174,17 @@ class Int8RowwiseLinear(torch.nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, weight-only int8, rowwise kernel"
 
 
-def quantize_int8_rowwise(model: torch.nn.Module, kernel: RowwiseKernel) -> int:
-    """Every nn.Linear (the output layer too) becomes weight-only int8; returns how many."""
-    count = replace_linears(model, lambda layer: Int8RowwiseLinear(layer, kernel))
+def quantize_int8_rowwise(model: torch.nn.Module, kernel: RowwiseKernel, vnni: Any = None) -> int:
+    """Every nn.Linear (the output layer too) becomes int8; returns how many. With `vnni` (an
+    int8_vnni.VnniKernel) the layers whose input width it takes get int8 activations too, the rest stay
+    weight-only."""
+
+    def quantized(layer: torch.nn.Module) -> torch.nn.Module:
+        if vnni is not None and vnni.fits(layer.in_features):
+            return vnni.linear(layer)
+        return Int8RowwiseLinear(layer, kernel)
+
+    count = replace_linears(model, quantized)
     copy_off_checkpoint(model, fresh=(Int8RowwiseLinear,))
     return count
 

@@ -34,7 +34,7 @@ def auto_cpu_dtype(quantization: str) -> torch.dtype:
 
     int8 quantization runs fp32 activations, so it always gets fp32.
     """
-    if quantization == "int8":
+    if quantization != "none":
         return torch.float32
     return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
 

@@ -10,6 +10,7 @@ import pytest
 
 from gateway.engine.decode_attention import DecodeAttention, build_decode_attention
 from gateway.engine.decode_layers import DecodeLayers, build_decode_layers
+from gateway.engine.int8_vnni import VnniKernel, build_vnni_kernel
 from gateway.engine.rowwise import RowwiseKernel, build_rowwise_kernel
 from tests.unit.helpers import Gateway, open_gateway
 
@@ -44,6 +45,15 @@ def decode_attention(tmp_path_factory: pytest.TempPathFactory) -> DecodeAttentio
 def decode_layers(tmp_path_factory: pytest.TempPathFactory) -> DecodeLayers:
     """The fused decode layers' library, built once for the session in a temporary cache directory."""
     return _built_or_skip(build_decode_layers, tmp_path_factory, "decode steps keep the torch stack")
+
+
+@pytest.fixture(scope="session")
+def vnni(tmp_path_factory: pytest.TempPathFactory) -> VnniKernel:
+    """The int8 kernel with int8 activations, built once for the session; skipped on a CPU without AVX-512 VNNI."""
+    built = build_vnni_kernel(tmp_path_factory.mktemp("kernels"))
+    if built is None:
+        pytest.skip("no AVX-512 VNNI on this CPU (or no C compiler): int8 layers stay weight-only")
+    return built
 
 
 @pytest.fixture

@@ -1,0 +1,53 @@
+"""`--quantization int8` behind the real server, with the real SmolLM2: int8 activations on AVX-512 VNNI (else
+weight-only), the fused decode layers over them, a greedy stream's text alone and among hot streams."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from gateway.engine import native
+from gateway.engine.int8_vnni import build_vnni_kernel
+from tests.integration.conftest import MODEL, RunningServer, start_server, stop_server
+from tests.integration.test_batched_streams import QUESTIONS, stream_text
+
+
+@pytest.fixture(scope="module")
+def int8_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    running = start_server(tmp_path_factory.mktemp("int8"), "--quantization", "int8", "--max-running", "8")
+    yield running
+    stop_server(running)
+
+
+def test_int8_streams_keep_their_solo_greedy_text(int8_server: RunningServer, tmp_path: Path) -> None:
+    base = int8_server.base_url
+
+    async def run() -> tuple[list, list]:
+        async with openai.AsyncOpenAI(base_url=base, api_key="x", max_retries=0, timeout=120) as client:
+            solo = [await stream_text(client, q, temperature=0, max_tokens=32) for q in QUESTIONS[:2]]
+            hot = [
+                stream_text(client, q, temperature=1.8, top_p=1.0, max_tokens=32, seed=i)
+                for i, q in enumerate(QUESTIONS[2:])
+            ]
+            together = await asyncio.gather(
+                *[stream_text(client, q, temperature=0, max_tokens=32) for q in QUESTIONS[:2]], *hot
+            )
+            return solo, together
+
+    solo, together = asyncio.run(run())
+    assert together[:2] == solo  # a row's int8 rounding (weights and activations) does not depend on its batch
+    assert "Paris" in solo[0][0], solo[0][0]  # and the model still knows it
+    details = httpx.get(f"{base}/models/{MODEL}", timeout=10).json()["details"]
+    compiled = native._compiler() is not None
+    vnni = compiled and build_vnni_kernel(tmp_path) is not None
+    expected = "activations per 32 (VNNI)" if vnni else ("weight-only" if compiled else "dynamic")
+    assert (details["quantization"], details["int8"]) == ("int8", expected)
+    assert details["int8_linears"] == 211  # 30 layers x 7 and the tied output layer
+    assert (details["decode_attention"], details["decode_layers"]) == (
+        ("kernel", "fused") if compiled else ("sdpa", "torch")
+    )
