@@ -339,7 +339,8 @@ class BatchedEngine(PrefillSteps):
 
     def _advance(self, seqs: list[Seq], logits: torch.Tensor, first_row: int, out: Outbox) -> None:
         """Sample one token for rows first_row.. (= seqs), stream it, and retire the rows that finished."""
-        result = sample(logits, [seq.sampling for seq in seqs], lambda i: seqs[i].history)  # type: ignore[misc]
+        rows = [seq.sampling for seq in seqs]
+        result = sample(logits, rows, lambda i: seqs[i].history, overwrite=True)  # type: ignore[misc]
         self.cache.tokens[first_row : first_row + len(seqs)] = result.tokens
         finished: list[int] = []
         for i, seq in enumerate(seqs):

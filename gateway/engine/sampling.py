@@ -100,8 +100,12 @@ def _draw(scores: torch.Tensor, rows: list[RowSampling]) -> torch.Tensor:
     return picked.clamp_(max=scores.shape[-1] - 1)
 
 
-def sample(logits: torch.Tensor, rows: list[RowSampling], history: Callable[[int], list[int]]) -> SampleResult:
-    """Pick the next token of every row. `logits` is [n, vocab]; `history(i)` is row i's prompt + output."""
+def sample(
+    logits: torch.Tensor, rows: list[RowSampling], history: Callable[[int], list[int]], *, overwrite: bool = False
+) -> SampleResult:
+    """Pick the next token of every row. `logits` is [n, vocab]; `history(i)` is row i's prompt + output.
+    `overwrite`: the caller will not read `logits` again, so processors may change them in place (copying an
+    8 x 49k batch cost ~3 % of an int8 decode step)."""
     scores = logits.float()
     n = scores.shape[0]
     logprob_rows = [i for i, r in enumerate(rows) if r.logprobs is not None]
@@ -109,7 +113,7 @@ def sample(logits: torch.Tensor, rows: list[RowSampling], history: Callable[[int
     slow = [i for i, r in enumerate(rows) if r.processors]
     errors: dict[int, Exception] = {}
     if slow:
-        scores = scores.clone() if scores is logits else scores
+        scores = scores.clone() if scores is logits and not overwrite else scores
         for i in slow:
             ids = torch.tensor([history(i)], dtype=torch.long, device=scores.device)
             row = scores[i : i + 1]
@@ -120,7 +124,9 @@ def sample(logits: torch.Tensor, rows: list[RowSampling], history: Callable[[int
                 errors[i] = exc
                 continue
             scores[i : i + 1] = row
-    tokens = scores.argmax(dim=-1)
+    # max's indices are argmax's (the first maximum; NaN wins alike) at a third of its time on CPU (8 x 49k
+    # rows: 107 vs 292 us, ~2 % of an int8 decode step)
+    tokens = scores.max(dim=-1).indices
     sampled = [i for i, r in enumerate(rows) if not r.greedy]
     if sampled:
         if len(sampled) == n:

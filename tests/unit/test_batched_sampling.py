@@ -65,6 +65,18 @@ def test_greedy_and_top_k_1_pick_the_argmax_after_penalties() -> None:
     assert result.logprobs == [None, None, None]
 
 
+def test_penalties_leave_the_callers_logits_unless_it_hands_them_over() -> None:
+    logits = torch.zeros(2, VOCAB)
+    logits[:, 7], logits[:, 8] = 10.0, 9.5
+    rows = [row(temperature=0.0, presence_penalty=1.0), row(temperature=0.0)]
+    history = [[1, 2, 7], [1, 2, 7]]
+    kept = logits.clone()
+    assert sample(logits, rows, lambda i: history[i]).token_list == [8, 7]
+    assert torch.equal(logits, kept)
+    assert sample(logits, rows, lambda i: history[i], overwrite=True).token_list == [8, 7]  # the engine's case
+    assert logits[0, 7] == 9.0 and torch.equal(logits[1], kept[1])  # the penalized row, in place
+
+
 def test_sampling_uses_each_rows_generator_only() -> None:
     logits = (peaked_logits(1, seed=3) / 3).repeat(4, 1)  # flat enough to sample varied tokens
     state = torch.random.get_rng_state()
