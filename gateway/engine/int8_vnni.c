@@ -109,6 +109,7 @@ static const int widths[] = {0, 6, 3, 3, 3};
 void int8_vnni_gemm(const float *x, const void *w, const float *scale, const float *bias, float *y, int M, int N,
                     int K, int threads) {
     const int blocks = K / BLOCK, groups = (N + GROUP - 1) / GROUP, chunks = (groups + CHUNK - 1) / CHUNK;
+    if (M <= 0 || N <= 0) return; /* malloc(0) may be NULL: not an allocation failure */
     int8_t *qa = malloc((size_t)M * K);
     float *sa = malloc((size_t)M * blocks * sizeof(float));
     int32_t *corr = malloc((size_t)M * blocks * sizeof(int32_t));

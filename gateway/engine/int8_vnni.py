@@ -50,7 +50,7 @@ class VnniKernel:
         return ctypes.cast(fn, ctypes.c_void_p).value if dtype == torch.uint8 else None
 
     def fits(self, in_features: int) -> bool:
-        return in_features % self.block == 0
+        return in_features > 0 and in_features % self.block == 0
 
     def linear(self, layer: torch.nn.Module) -> Int8VnniLinear:
         return Int8VnniLinear(layer, self)
