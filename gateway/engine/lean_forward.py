@@ -114,13 +114,13 @@ def split_causal_attention(
     query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, early: tuple | None, scale: float
 ) -> torch.Tensor:
     """`query` over its own `keys`/`values` causally, merged with `early`: its (output, log-sum-exp) over
-    earlier columns in full (`flash_attention`), or None."""
+    earlier columns in full (`flash_attention`), or None. The merge runs in place, in `early`'s output."""
     own, own_lse = flash_attention(query, keys, values, scale, causal=True)
     if early is None:
         return own
     early_out, early_lse = early
     total = torch.logaddexp(early_lse, own_lse)
-    merged = early_out * torch.exp(early_lse - total)[..., None]
+    merged = early_out.mul_(torch.exp(early_lse - total)[..., None])
     return merged.add_(own.mul_(torch.exp(own_lse - total)[..., None])).to(query.dtype)
 
 
@@ -283,7 +283,9 @@ class LeanForward:
             if hasattr(attn, "q_norm"):  # Qwen3: RMSNorm over each head
                 q, k = norm(attn.q_norm, q), norm(attn.k_norm, k)
             q, k = rotate(q, cos, sin), rotate(k, cos, sin)
-            x = x + attn.o_proj.forward(attend(q, k, v, index, attn.scaling))
+            # residuals in place: a chunk's activations are > 256 KiB, each fresh one mapped and faulted in anew
+            # (gc_heap.bound_heap_retention); same bits as `x + ...`
+            x = x.add_(attn.o_proj.forward(attend(q, k, v, index, attn.scaling)))
             h = norm(layer.post_attention_layernorm, x)
             mlp = layer.mlp
             gate, up = mlp.gate_proj.forward(h), mlp.up_proj.forward(h)
@@ -291,7 +293,7 @@ class LeanForward:
                 gate = F.silu(gate, inplace=True).mul_(up)
             else:
                 gate = glue.silu_mul(gate, up)
-            x = x + mlp.down_proj.forward(gate)
+            x = x.add_(mlp.down_proj.forward(gate))
         if keep is not None:
             x = x[keep]
         return self.model.lm_head.forward(_rms_norm(inner.norm, x))
