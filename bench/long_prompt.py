@@ -149,7 +149,13 @@ def main() -> None:
     bound_heap_retention()  # as the server does at start
 
     loaded, tokenizer = load(args.dtype, args.linear_kernel)
-    engine = BatchedEngine(loaded.model, tokenizer, name="long-prompt")
+    engine = BatchedEngine(  # with the C kernels the loader built, as the server runs it
+        loaded.model,
+        tokenizer,
+        name="long-prompt",
+        decode_attention=loaded.decode_attention,
+        decode_layers=loaded.decode_layers,
+    )
     ids = prompt_ids(tokenizer, args.tokens)
     isa = cpu_isa()
     print(  # noqa: T201

@@ -104,10 +104,20 @@ def prefix_causal_attention(
 def flash_attention(
     query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float, causal: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """torch's CPU flash kernel: (output, log-sum-exp of the scores) for [1, heads, q, d] queries."""
+    """torch's CPU flash kernel: (output, log-sum-exp of the scores) for [1, heads, q, d] queries.
+
+    Without a causal mask, the query heads that share a KV head go in as one longer run of queries of that
+    head (transformers' pack_gqa): the kernel then reads each KV head's keys and values once for all of them
+    instead of once per query head. A few chunk tokens over an 8k-token prefix are mostly those reads."""
     flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-    out, lse = flash(query, keys, values, 0.0, causal, scale=scale)[:2]
-    return out, lse
+    batch, heads, length, d = query.shape
+    kv_heads = keys.shape[1]
+    if causal or kv_heads == heads or batch != 1:
+        out, lse = flash(query, keys, values, 0.0, causal, scale=scale)[:2]
+        return out, lse
+    packed = query.reshape(1, kv_heads, heads // kv_heads * length, d)
+    out, lse = flash(packed, keys, values, 0.0, False, scale=scale)[:2]
+    return out.reshape(1, heads, length, d), lse.reshape(1, heads, length)
 
 
 def split_causal_attention(
