@@ -99,7 +99,7 @@ def test_lean_step_matches_the_model_forward_bit_for_bit(name: str, anyio_backen
     steps_both_ways(model)
 
 
-@pytest.mark.parametrize("prefix, size", [(0, 7), (5, 1), (23, 9), (40, 40)])
+@pytest.mark.parametrize("prefix, size", [(0, 7), (5, 1), (23, 9), (40, 40), (100, 70)])  # 70: not packed
 def test_split_attention_equals_one_masked_call(prefix: int, size: int, anyio_backend: str) -> None:
     generator = torch.Generator().manual_seed(prefix + size)
     query = torch.randn(1, 6, size, 16, generator=generator)
