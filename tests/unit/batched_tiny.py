@@ -95,3 +95,15 @@ async def collect(engine: Any, ids: list[int], sampling: SamplingParams, request
 
 async def gather(*coros: Any) -> list[Result]:
     return list(await asyncio.gather(*coros))
+
+
+async def greedy_alone_and_among_hot(engine: Any) -> tuple[list[Result], list[Result]]:
+    """Each of PROMPTS greedy alone, then all of them at once among sampled neighbours (rows join, leave);
+    the engine is closed after. Returns (alone, together) in PROMPTS' order."""
+    try:
+        alone = [await collect(engine, prompt(text), params(40)) for text in PROMPTS]
+        hot = [collect(engine, prompt(t), params(40, seed=i, temperature=1.5)) for i, t in enumerate(PROMPTS * 2)]
+        together = await gather(*[collect(engine, prompt(text), params(40)) for text in PROMPTS], *hot)
+    finally:
+        await engine.close()
+    return alone, together[: len(PROMPTS)]

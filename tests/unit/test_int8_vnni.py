@@ -24,7 +24,7 @@ from gateway.engine.int8_vnni import Int8VnniLinear, VnniKernel, fp32_activation
 from gateway.engine.kvcache import BatchKVCache
 from gateway.engine.lean_path import LeanPath
 from gateway.engine.rowwise import INT8_KERNEL_MAX_ROWS, Int8RowwiseLinear, RowwiseKernel, quantize_int8_rowwise
-from tests.unit.batched_tiny import PROMPTS, collect, gather, gpt2_tokenizer, params, prompt, tiny_model
+from tests.unit.batched_tiny import gpt2_tokenizer, greedy_alone_and_among_hot, tiny_model
 from tests.unit.test_lean_forward import MODELS
 from tests.unit.test_mixed_step import assert_same, run_twins
 
@@ -161,10 +161,5 @@ async def test_greedy_rows_keep_their_solo_text(
     engine = BatchedEngine(model, gpt2_tokenizer(), name="tiny", max_running=16, max_queued=64, **kernels)
     if attention == "kernels":
         assert (engine.lean.attention, engine.lean.decode_layers) == ("kernel", "fused")
-    try:
-        solo = [await collect(engine, prompt(text), params(40)) for text in PROMPTS]
-        hot = [collect(engine, prompt(t), params(40, seed=i, temperature=1.5)) for i, t in enumerate(PROMPTS * 2)]
-        batch = await gather(*[collect(engine, prompt(text), params(40)) for text in PROMPTS], *hot)
-    finally:
-        await engine.close()
-    assert [r.token_ids for r in batch[: len(PROMPTS)]] == [r.token_ids for r in solo]
+    solo, batch = await greedy_alone_and_among_hot(engine)
+    assert [r.token_ids for r in batch] == [r.token_ids for r in solo]

@@ -184,7 +184,7 @@ async def test_greedy_rows_keep_their_solo_text_on_the_kernel(
 ) -> None:
     """The engine end to end: the same greedy tokens alone and among sampled neighbours (rows join, leave)."""
     from gateway.engine.batched import BatchedEngine
-    from tests.unit.batched_tiny import PROMPTS, collect, gather, gpt2_tokenizer, params, prompt, tiny_model
+    from tests.unit.batched_tiny import gpt2_tokenizer, greedy_alone_and_among_hot, tiny_model
 
     model = copy.deepcopy(tiny_model())  # the cached one is shared with other tests
     if layout == "rowwise fp32":
@@ -192,11 +192,6 @@ async def test_greedy_rows_keep_their_solo_text_on_the_kernel(
     else:
         assert rowwise.quantize_int8_rowwise(model, kernel) > 0
     engine = BatchedEngine(model, gpt2_tokenizer(), name="tiny", max_running=16, max_queued=64)
-    try:
-        solo = [await collect(engine, prompt(text), params(40)) for text in PROMPTS]
-        hot = [collect(engine, prompt(t), params(40, seed=i, temperature=1.5)) for i, t in enumerate(PROMPTS * 2)]
-        batch = await gather(*[collect(engine, prompt(text), params(40)) for text in PROMPTS], *hot)
-    finally:
-        await engine.close()
-    for alone, together in zip(solo, batch[: len(PROMPTS)], strict=True):
+    solo, batch = await greedy_alone_and_among_hot(engine)
+    for alone, together in zip(solo, batch, strict=True):
         assert together.token_ids == alone.token_ids
