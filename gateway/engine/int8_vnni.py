@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from gateway.engine.native import build_library
-from gateway.engine.rowwise import Int8RowwiseLinear, RowwiseKernel, quantize_per_row
+from gateway.engine.rowwise import Int8RowwiseLinear
 
 SOURCE = Path(__file__).with_name("int8_vnni.c")
 GROUP = 16  # output columns per vector in the packed layout
@@ -110,14 +110,8 @@ class Int8VnniLinear(Int8RowwiseLinear):
     row count on the VNNI kernel. `qweight` is the packed u8 layout; `kernel` the VnniKernel."""
 
     def __init__(self, linear: torch.nn.Module, kernel: VnniKernel) -> None:
-        torch.nn.Module.__init__(self)
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        q, scale = quantize_per_row(linear.weight.detach().float())
-        self.register_buffer("qweight", pack_weight(q))
-        self.register_buffer("scale", scale)
-        bias = None if linear.bias is None else linear.bias.detach().float().clone()
-        self.register_buffer("bias", bias)
-        self.kernel: VnniKernel | RowwiseKernel = kernel
+        super().__init__(linear, kernel)  # the weight-only layer's int8 values, row scales and bias
+        self.qweight = pack_weight(self.qweight)
         self.int8_activations = True  # False only inside `fp32_activations`
 
     def gemm_address(self) -> int | None:
