@@ -112,9 +112,9 @@ def flash_attention(
     Without a causal mask and for at most `PACK_GQA_MAX_QUERIES` queries, the query heads that share a KV
     head go in as one longer run of queries of that head (transformers' pack_gqa): the kernel then reads
     each KV head's keys and values once for all of them instead of once per query head. A few chunk tokens
-    over an 8k-token prefix (a mixed step's) are mostly those reads; a full chunk is compute-bound, and
-    there the two copies packing takes cost more than it saves (8k prompt alone: 0.59 -> 0.62x, peak RSS
-    +5 MiB)."""
+    over an 8k-token prefix (a mixed step's) are mostly those reads; a full chunk is compute-bound, where
+    packing only adds two copies (an 8k prompt alone measured 0.62x of f80dbe5 with every chunk packed,
+    0.59-0.65x without: inside the noise, so the copies are not taken there)."""
     flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
     batch, heads, length, d = query.shape
     kv_heads = keys.shape[1]
