@@ -6,6 +6,7 @@
     .venv/bin/python bench/run.py --targets gantry tserve-cb --levels 8 --rounds 3
     .venv/bin/python bench/run.py --vllm-venv /work/vllm-venv --targets gantry tserve-cb vllm vllm-bind
     .venv/bin/python bench/run.py --targets gantry vllm --vllm-venv DIR --workloads long2k long8k mixed
+    .venv/bin/python bench/run.py --vllm-venv DIR --targets gantry vllm-bind --isa-cap avx2   # AVX2 code paths
 
 vLLM CPU runs from its own venv (README: "Benchmark"): `vllm` with its default threads (one OpenMP
 thread pinned to core 0), `vllm-bind` with VLLM_CPU_OMP_THREADS_BIND=0-<cores-1>; report the faster.
@@ -112,6 +113,11 @@ def revision_targets(targets: list[Target], revisions: list[str], log_dir: Path)
 
 
 VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "2"}
+# --isa-cap avx2: torch's dispatch (and Gantry's kernels, which follow it), oneDNN and MKL held to AVX2, plus
+# bench/isa_cap/sitecustomize.py for the CPU checks that ignore those (vLLM's choice of build): every server runs
+# its AVX2 code on this CPU. Not an AVX2 machine: memory system and clocks stay this one's.
+ISA_CAPS = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}}
+ISA_CAP_SHIM = Path(__file__).resolve().parent / "isa_cap"
 
 
 def build_targets_map(dtype: str, cb_args: list[str]) -> dict[str, Target]:
@@ -136,12 +142,24 @@ def build_targets_map(dtype: str, cb_args: list[str]) -> dict[str, Target]:
     }
 
 
-def start(target: Target, path: Path, log_dir: Path, vllm_venv: Path | None = None, max_len: int = 4096) -> None:
+def start(
+    target: Target,
+    path: Path,
+    log_dir: Path,
+    vllm_venv: Path | None = None,
+    max_len: int = 4096,
+    isa_cap: str | None = None,
+) -> None:
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     env = {k: v for k, v in env.items() if not k.startswith("GANTRY_")} | target.env
+    python_path = [str(target.repo or REPO)] if target.kind == "gantry" else []  # this checkout's gateway
+    if isa_cap:
+        env |= ISA_CAPS[isa_cap]
+        python_path.append(str(ISA_CAP_SHIM))
+    if python_path:
+        env["PYTHONPATH"] = os.pathsep.join(python_path)
     if target.kind == "gantry":
-        env["PYTHONPATH"] = str(target.repo or REPO)  # this checkout's gateway, not whatever the venv installed
         cmd = [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level"]
         cmd += ["warning", *target.args]
         target.model_id = "smollm2-135m-instruct"
@@ -353,6 +371,12 @@ def parse_args() -> argparse.Namespace:
         help="also run the `gantry` and `gantry-int8` targets (those chosen) of these earlier commits, each from a "
         "git worktree, in the same run: a regression shows as a same-run ratio",
     )
+    parser.add_argument(
+        "--isa-cap",
+        choices=list(ISA_CAPS),
+        help="hold every server (and in-process generate) to this vector ISA on a wider CPU: AVX2 code paths "
+        "measured on an AVX-512 machine (torch dispatch, oneDNN, MKL, vLLM's build, Gantry's kernels)",
+    )
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     args = parser.parse_args()
     if args.targets is None:
@@ -367,7 +391,9 @@ def main() -> None:
     from bench.isa import describe_isa
 
     args = parse_args()
-    isa = describe_isa()
+    if args.isa_cap:  # before torch is imported here (in-process generate, the ISA line)
+        os.environ.update(ISA_CAPS[args.isa_cap])
+    isa = describe_isa() + (f"; capped to {args.isa_cap.upper()} (--isa-cap)" if args.isa_cap else "")
     path = model_dir()
     targets = build_targets(args.targets, args.dtype, args.cb_args.split())
     log_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"gantry-bench-{os.getpid()}"
@@ -385,7 +411,7 @@ def main() -> None:
     try:
         started = {}
         for target in servers:
-            start(target, path, log_dir, args.vllm_venv, args.vllm_max_model_len)
+            start(target, path, log_dir, args.vllm_venv, args.vllm_max_model_len, args.isa_cap)
             started[target.name] = time.monotonic()
         for target in servers:
             wait_ready(target, args.ready_timeout)

@@ -30,11 +30,24 @@ def _compiler() -> str | None:
     return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
 
 
+# torch's dispatch level (ATEN_CPU_CAPABILITY) -> what our kernels must leave out to stay at or below it
+_CAPPED_ISA_FLAGS = {"AVX2": ["-mno-avx512f"], "DEFAULT": ["-mno-avx"]}
+
+
+def _isa_cap_flags() -> list[str]:
+    """Our kernels follow a cap put on torch's dispatch: `ATEN_CPU_CAPABILITY=avx2` on an AVX-512 CPU (against
+    AVX-512 down-clocking, or to measure the AVX2 code paths) keeps them on AVX2 too, not on what -march=native
+    alone would pick. -mno-avx512f also drops every AVX-512 extension (VNNI: int8 stays weight-only)."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686"):
+        return []
+    return _CAPPED_ISA_FLAGS.get(torch.backends.cpu.get_cpu_capability(), [])
+
+
 def _compile_flags() -> list[str]:
     arch = "-march=native" if platform.machine().lower() in ("x86_64", "amd64", "i686") else "-mcpu=native"
     # -ffp-contract=fast: every code path of a kernel fuses multiply-add the same way (the rowwise kernel's tiles
     # give a row the same bits in any tile shape because of it)
-    return ["-O3", arch, "-ffp-contract=fast", "-fopenmp", "-shared", "-fPIC"]
+    return ["-O3", arch, *_isa_cap_flags(), "-ffp-contract=fast", "-fopenmp", "-shared", "-fPIC"]
 
 
 def _cpu_fingerprint() -> str:

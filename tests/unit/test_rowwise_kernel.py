@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -195,3 +200,36 @@ async def test_greedy_rows_keep_their_solo_text_on_the_kernel(
     solo, batch = await greedy_alone_and_among_hot(engine)
     for alone, together in zip(solo, batch, strict=True):
         assert together.token_ids == alone.token_ids
+
+
+CAPPED_BUILD = """
+import json, sys, torch
+from pathlib import Path
+from gateway.engine import native
+from gateway.engine.int8_vnni import build_vnni_kernel
+from gateway.engine.rowwise import build_rowwise_kernel
+cache = Path(sys.argv[1])
+kernel = build_rowwise_kernel(cache)
+x, w = torch.randn(8, 576), torch.randn(192, 576)
+close = kernel is not None and torch.allclose(kernel(x, w, None), x @ w.T, rtol=1e-5, atol=1e-4)
+print(json.dumps({"capability": torch.backends.cpu.get_cpu_capability(), "flags": native._compile_flags(),
+                  "rowwise": None if kernel is None else str(kernel.path), "close": close,
+                  "vnni": build_vnni_kernel(cache) is not None}))
+"""
+
+
+def test_a_cap_on_torch_dispatch_keeps_the_kernels_below_it(tmp_path: Path, anyio_backend: str) -> None:
+    """ATEN_CPU_CAPABILITY=avx2 on an AVX-512 CPU: kernels without a single AVX-512 instruction, int8 weight-only."""
+    if native._compiler() is None or shutil.which("objdump") is None:
+        pytest.skip("no C compiler or objdump on this machine")
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2"}
+    run = subprocess.run(
+        [sys.executable, "-c", CAPPED_BUILD, str(tmp_path)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    built = json.loads(run.stdout.strip().splitlines()[-1])
+    if built["capability"] != "AVX2":
+        pytest.skip(f"torch dispatch is {built['capability']} here, not AVX2")
+    assert "-mno-avx512f" in built["flags"] and built["close"] and not built["vnni"]
+    code = subprocess.run(["objdump", "-d", built["rowwise"]], capture_output=True, text=True, check=True).stdout
+    assert "ymm" in code and "zmm" not in code  # AVX2's 256-bit registers, none of AVX-512's
