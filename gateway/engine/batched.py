@@ -53,6 +53,7 @@ from gateway.engine.token_logprobs import TokenLogprobs
 from gateway.engine.types import GenerationDelta, GenerationRequest
 from gateway.errors import EngineError
 from gateway.gc_heap import release_free_memory
+from gateway.openmp_pool import release_openmp_workers
 
 logger = logging.getLogger(__name__)
 
@@ -182,6 +183,7 @@ class BatchedEngine(PrefillSteps):
                 if not self._waiting and not self._active and not self._beams and self.chunking.current is None:
                     self.batch_size = 0
                     release_free_memory()  # going idle: return the burst's freed heap to the OS
+                    release_openmp_workers()  # and its OpenMP workers, which would slow other threads' regions
                     logger.debug("idle after %d steps; thread tuning %s", self.steps, self.tuner.describe())
                 with self._cond:
                     while (

@@ -27,6 +27,7 @@ from gateway.engine.speed import output_vocab_size
 from gateway.engine.token_logprobs import TokenLogprobs
 from gateway.engine.types import GenerationDelta, GenerationRequest
 from gateway.errors import EngineError
+from gateway.openmp_pool import release_openmp_workers
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +143,8 @@ class HFEngine:
         except Exception as exc:  # reported to the waiting request; the worker stays alive
             logger.exception("generation %s failed", job.request.request_id)
             job.emit(exc)
+        finally:
+            release_openmp_workers()  # between jobs its OpenMP workers would slow other engines (openmp_pool.py)
 
     def _generate(self, job: _Job) -> None:
         request, params = job.request, job.request.params

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from gateway.openmp_pool import released
 from gateway.pipelines.batcher import MicroBatcher
 from gateway.pipelines.jsonable import to_jsonable
 from gateway.pipelines.tasks import (
@@ -85,7 +86,7 @@ class PipelineHandle:
         async with self._slots:
             loop = asyncio.get_running_loop()
             try:
-                return await loop.run_in_executor(self._executor, work)
+                return await loop.run_in_executor(self._executor, released(work))
             except PipelineInputError:
                 raise
             except Exception as exc:

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from gateway.errors import OverloadedError
+from gateway.openmp_pool import release_openmp_workers
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +94,8 @@ class WorkerPool:
             # model, and an unloaded model's memory only goes back once nothing points at it.
             del job, loop, future, fn, args
             result = error = None
+            if self._jobs.empty():  # idle now: its OpenMP workers would slow a busy engine (openmp_pool.py)
+                release_openmp_workers()
 
     def close(self) -> None:
         """Stop the threads once the jobs queued now are done (they are daemons: exit never waits)."""
