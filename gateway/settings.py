@@ -104,7 +104,7 @@ class Settings(BaseSettings, AccessSettings):  # AccessSettings: keys, limits, t
     quantization: Quantization = Field(
         default="none",
         description="Linear layer quantization (CPU only): none; int8 (int8 weights, and int8 activations per 32 "
-        "values where the CPU has AVX-512 VNNI); int8-weight-only (activations stay fp32).",
+        "values where the CPU has AVX-512 VNNI or AVX2); int8-weight-only (activations stay fp32).",
     )
     compile: bool = Field(default=False, description="torch.compile the model's forward pass.")
     prepack: bool = Field(

@@ -160,7 +160,7 @@ class ModelSpec(SpecBase):
     quantization: Quantization = Field(
         default="none",
         description="int8 Linear layers (CPU only; faster, lossy): int8 = int8 weights, and int8 activations per "
-        "32 values where the CPU has AVX-512 VNNI; int8-weight-only = activations stay fp32.",
+        "32 values where the CPU has AVX-512 VNNI or AVX2; int8-weight-only = activations stay fp32.",
     )
     compile: bool = Field(default=False, description="torch.compile the model's forward (slow first requests).")
     prepack: bool = Field(

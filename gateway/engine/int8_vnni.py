@@ -1,11 +1,14 @@
-"""int8 Linear layers with int8 activations too, on AVX-512 VNNI: a small C kernel, built on this machine.
+"""int8 Linear layers with int8 activations too, on AVX-512 VNNI or AVX2: a small C kernel, built on this machine.
 
 Why: weight-only int8 (rowwise.Int8RowwiseLinear) reads a quarter of fp32's bytes but still multiplies in
 fp32, one FMA per 16 weights, which is compute-bound from a few rows on. VNNI's vpdpbusd does 64 int8
 multiply-adds per instruction, so here the activations are rounded to int8 too, per block of 32 values with
 a scale each (llama.cpp's Q8_0 for activations). Every Linear layer of SmolLM2-135M once, 2-core Sapphire
 Rapids, weight-only -> this: 1 row 9.9 -> 9.0 ms (memory-bound), 8 rows 15.3 -> 10.9, 32 rows 47.5 -> 21.9,
-256 rows 344 -> 131, 512 rows (weight-only widens to fp32 sgemm there) 570 -> 263. Quality, SmolLM2-135M
+256 rows 344 -> 131, 512 rows (weight-only widens to fp32 sgemm there) 570 -> 263. Without VNNI (AVX2 CPUs,
+and AVX-512 ones before Cascade Lake) the same rounding runs on AVX2's vpmaddubsw/vpmaddwd, with the same
+bits; same machine held to AVX2 (ATEN_CPU_CAPABILITY=avx2), weight-only -> this: 1 row 9.1 -> 6.2 ms, 8 rows
+18.4 -> 13.5, 16 rows 33.9 -> 24.6, 64 rows 128 -> 80. Quality, SmolLM2-135M
 over 1,024 tokens of English and Markdown, top-1 agreement with fp32 / NLL (fp32 3.7135): weight-only
 95.3 % / 3.7175, this 94.2 % / 3.7187, one activation scale per row (torch's dynamic quantization, oneDNN,
 fbgemm) 86.6 % / 3.7443: the block scales are why this is by hand.
@@ -38,6 +41,8 @@ class VnniKernel:
     def __init__(self, library: ctypes.CDLL, path: Path) -> None:
         self.path = path
         self.block = int(library.int8_vnni_block())
+        library.int8_vnni_isa.restype = ctypes.c_char_p
+        self.isa = library.int8_vnni_isa().decode()  # "AVX-512 VNNI" or "AVX2": the instructions it runs on
         # by whether the activations are rounded to int8 (False: fp32, for the engine's start-up checks)
         self._fns = {True: library.int8_vnni_gemm, False: library.int8_vnni_gemm_fp32_activations}
         for fn in self._fns.values():
@@ -81,7 +86,7 @@ class VnniKernel:
 
 
 def build_vnni_kernel(cache_dir: Path) -> VnniKernel | None:
-    """Compile and load the kernel; None without a compiler or where the CPU has no AVX-512 VNNI."""
+    """Compile and load the kernel; None without a compiler or where the CPU has neither AVX-512 VNNI nor AVX2."""
     built = build_library(SOURCE, cache_dir)
     if built is None or not built[0].int8_vnni_available():
         return None
@@ -107,7 +112,7 @@ def unpack_weight(packed: torch.Tensor, rows: int) -> torch.Tensor:
 
 class Int8VnniLinear(Int8RowwiseLinear):
     """int8 weights (one fp32 scale per output row) and int8 activations (one scale per 32 values), at every
-    row count on the VNNI kernel. `qweight` is the packed u8 layout; `kernel` the VnniKernel."""
+    row count on the int8 kernel. `qweight` is the packed u8 layout; `kernel` the VnniKernel."""
 
     def __init__(self, linear: torch.nn.Module, kernel: VnniKernel) -> None:
         super().__init__(linear, kernel)  # the weight-only layer's int8 values, row scales and bias
@@ -126,7 +131,7 @@ class Int8VnniLinear(Int8RowwiseLinear):
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
-            "int8 weights and activations (per 32), VNNI kernel"
+            f"int8 weights and activations (per 32), {self.kernel.isa} kernel"
         )
 
 

@@ -114,7 +114,7 @@ def apply_linear_layout(model: Any, kernel_choice: LinearKernel, *, tied_head: b
 
 def apply_int8(model: Any, kernel_choice: LinearKernel, *, cache_dir: Path, activations: bool = True) -> dict:
     """int8 Linear layers on the rowwise kernel where it builds (and the kernel choice allows it): with
-    `activations` and AVX-512 VNNI, activations int8 too (per 32 values: int8_vnni.py), else weight-only;
+    `activations` and AVX-512 VNNI or AVX2, activations int8 too (per 32 values: int8_vnni.py), else weight-only;
     without the kernel, torch's dynamic quantization (the MLP output projections stay fp32)."""
     kernel = build_rowwise_kernel(cache_dir) if kernel_choice in ("auto", "rowwise") else None
     if kernel is None:
@@ -125,4 +125,5 @@ def apply_int8(model: Any, kernel_choice: LinearKernel, *, cache_dir: Path, acti
     if not on_vnni:
         return {"int8": "weight-only", "int8_linears": count}
     # a layer whose input width is not a multiple of the block stays weight-only
-    return {"int8": "activations per 32 (VNNI)", "int8_linears": count, "int8_weight_only": count - on_vnni}
+    details = {"int8": f"activations per 32 ({vnni.isa})", "int8_linears": count}  # type: ignore[union-attr]
+    return details | {"int8_weight_only": count - on_vnni}

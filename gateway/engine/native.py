@@ -37,7 +37,7 @@ _CAPPED_ISA_FLAGS = {"AVX2": ["-mno-avx512f"], "DEFAULT": ["-mno-avx"]}
 def _isa_cap_flags() -> list[str]:
     """Our kernels follow a cap put on torch's dispatch: `ATEN_CPU_CAPABILITY=avx2` on an AVX-512 CPU (against
     AVX-512 down-clocking, or to measure the AVX2 code paths) keeps them on AVX2 too, not on what -march=native
-    alone would pick. -mno-avx512f also drops every AVX-512 extension (VNNI: int8 stays weight-only)."""
+    alone would pick. -mno-avx512f also drops every AVX-512 extension (VNNI: int8 runs its AVX2 code)."""
     if platform.machine().lower() not in ("x86_64", "amd64", "i686"):
         return []
     return _CAPPED_ISA_FLAGS.get(torch.backends.cpu.get_cpu_capability(), [])

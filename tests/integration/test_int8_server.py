@@ -63,8 +63,8 @@ def test_int8_streams_keep_their_solo_greedy_text(int8_server: RunningServer, tm
     assert all(finish in ("stop", "length") for _, finish, _ in others)
     details = httpx.get(f"{base}/models/{MODEL}", timeout=10).json()["details"]
     compiled = native._compiler() is not None
-    vnni = compiled and build_vnni_kernel(tmp_path) is not None
-    expected = "activations per 32 (VNNI)" if vnni else ("weight-only" if compiled else "dynamic")
+    kernel = build_vnni_kernel(tmp_path) if compiled else None
+    expected = f"activations per 32 ({kernel.isa})" if kernel else ("weight-only" if compiled else "dynamic")
     assert (details["quantization"], details["int8"]) == ("int8", expected)
     assert details["int8_linears"] == 211  # 30 layers x 7 and the tied output layer
     assert (details["decode_attention"], details["decode_layers"]) == (

@@ -49,10 +49,11 @@ def decode_layers(tmp_path_factory: pytest.TempPathFactory) -> DecodeLayers:
 
 @pytest.fixture(scope="session")
 def vnni(tmp_path_factory: pytest.TempPathFactory) -> VnniKernel:
-    """The int8 kernel with int8 activations, built once for the session; skipped on a CPU without AVX-512 VNNI."""
+    """The int8 kernel with int8 activations, built once for the session; skipped on a CPU without AVX-512 VNNI
+    or AVX2."""
     built = build_vnni_kernel(tmp_path_factory.mktemp("kernels"))
     if built is None:
-        pytest.skip("no AVX-512 VNNI on this CPU (or no C compiler): int8 layers stay weight-only")
+        pytest.skip("no AVX-512 VNNI or AVX2 on this CPU (or no C compiler): int8 layers stay weight-only")
     return built
 
 

@@ -9,6 +9,9 @@ fused decode layers over it (checked at start, row-invariant in mixed steps, gre
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +83,39 @@ def test_a_row_gets_the_same_bits_alone_and_in_any_batch(vnni: VnniKernel, anyio
     assert torch.equal(alone, batch) and torch.equal(middle, batch[7:13])
 
 
+CAPPED_TO_AVX2 = """
+import sys, torch
+from pathlib import Path
+from gateway.engine.int8_vnni import build_vnni_kernel
+kernel = build_vnni_kernel(Path(sys.argv[1]))
+cases = torch.load(sys.argv[2])
+torch.save({"isa": kernel.isa, "out": [kernel(x, w, b, s) for x, w, b, s in cases]}, sys.argv[3])
+"""
+
+
+def test_the_avx2_code_gives_the_same_bits_as_vnni(vnni: VnniKernel, tmp_path: Path, anyio_backend: str) -> None:
+    """The kernel built for AVX2 (torch's dispatch held to it) computes exactly what vpdpbusd computes."""
+    if vnni.isa != "AVX-512 VNNI":
+        pytest.skip(f"this CPU runs the {vnni.isa} code: nothing to compare it with")
+    generator = torch.Generator().manual_seed(5)
+    cases = []
+    for out_features, in_features, bias in [*SHAPES, (50, 576, False)]:
+        layer = Int8VnniLinear(torch.nn.Linear(in_features, out_features, bias=bias), vnni)
+        for rows in (1, 3, 4, 8, 13):
+            x = torch.randn(rows, in_features, generator=generator) * 3
+            cases.append((x, layer.qweight, layer.bias, layer.scale))
+    torch.save(cases, tmp_path / "cases.pt")
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2"}
+    script = [sys.executable, "-c", CAPPED_TO_AVX2, str(tmp_path / "kernels"), str(tmp_path / "cases.pt")]
+    run = subprocess.run([*script, str(tmp_path / "out.pt")], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    capped = torch.load(tmp_path / "out.pt")
+    assert capped["isa"] == "AVX2"
+    with torch.inference_mode():
+        for (x, w, b, s), got in zip(cases, capped["out"], strict=True):
+            assert torch.equal(got, vnni(x, w, b, s)), f"{tuple(x.shape)} x {tuple(w.shape)}"
+
+
 def test_fp32_activations_run_the_same_weights_unrounded(vnni: VnniKernel, anyio_backend: str) -> None:
     """The twin the start-up checks use: the dequantized layer in fp32, then int8 activations again."""
     linear = torch.nn.Linear(96, 70)
@@ -109,7 +145,7 @@ def test_layers_whose_width_is_not_a_multiple_of_32_stay_weight_only(
     ids = torch.randint(0, 300, (2, 9), generator=torch.Generator().manual_seed(4))
     fp32, on_vnni, weight_only = (MODELS["qwen2"]() for _ in range(3))
     done = linear_layout.apply_int8(on_vnni, "auto", cache_dir=tmp_path)
-    assert done == {"int8": "activations per 32 (VNNI)", "int8_linears": 3 * 7 + 1, "int8_weight_only": 0}
+    assert done == {"int8": f"activations per 32 ({vnni.isa})", "int8_linears": 3 * 7 + 1, "int8_weight_only": 0}
     assert linear_layout.apply_int8(weight_only, "auto", cache_dir=tmp_path, activations=False)["int8"] == (
         "weight-only"
     )

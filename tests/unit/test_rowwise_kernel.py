@@ -212,14 +212,15 @@ cache = Path(sys.argv[1])
 kernel = build_rowwise_kernel(cache)
 x, w = torch.randn(8, 576), torch.randn(192, 576)
 close = kernel is not None and torch.allclose(kernel(x, w, None), x @ w.T, rtol=1e-5, atol=1e-4)
+int8 = build_vnni_kernel(cache)
 print(json.dumps({"capability": torch.backends.cpu.get_cpu_capability(), "flags": native._compile_flags(),
                   "rowwise": None if kernel is None else str(kernel.path), "close": close,
-                  "vnni": build_vnni_kernel(cache) is not None}))
+                  "int8": None if int8 is None else [int8.isa, str(int8.path)]}))
 """
 
 
 def test_a_cap_on_torch_dispatch_keeps_the_kernels_below_it(tmp_path: Path, anyio_backend: str) -> None:
-    """ATEN_CPU_CAPABILITY=avx2 on an AVX-512 CPU: kernels without a single AVX-512 instruction, int8 weight-only."""
+    """ATEN_CPU_CAPABILITY=avx2 on an AVX-512 CPU: kernels without a single AVX-512 instruction (int8 too)."""
     if native._compiler() is None or shutil.which("objdump") is None:
         pytest.skip("no C compiler or objdump on this machine")
     env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2"}
@@ -230,6 +231,7 @@ def test_a_cap_on_torch_dispatch_keeps_the_kernels_below_it(tmp_path: Path, anyi
     built = json.loads(run.stdout.strip().splitlines()[-1])
     if built["capability"] != "AVX2":
         pytest.skip(f"torch dispatch is {built['capability']} here, not AVX2")
-    assert "-mno-avx512f" in built["flags"] and built["close"] and not built["vnni"]
-    code = subprocess.run(["objdump", "-d", built["rowwise"]], capture_output=True, text=True, check=True).stdout
-    assert "ymm" in code and "zmm" not in code  # AVX2's 256-bit registers, none of AVX-512's
+    assert "-mno-avx512f" in built["flags"] and built["close"] and built["int8"][0] == "AVX2"
+    for library in (built["rowwise"], built["int8"][1]):
+        code = subprocess.run(["objdump", "-d", library], capture_output=True, text=True, check=True).stdout
+        assert "ymm" in code and "zmm" not in code  # AVX2's 256-bit registers, none of AVX-512's
