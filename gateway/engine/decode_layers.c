@@ -37,6 +37,17 @@ struct dims {
     float scale; /* the attention's softmax scale */
 };
 
+/* A prompt chunk carried by a decode step (a mixed step): `tokens` rows after the decode rows, prompt
+ * positions [prefix, prefix + tokens) of one cache row whose prompt columns start `key_at` / `value_at`
+ * floats into each layer's keys / values. Token t attends to the prompt's columns [0, prefix + t], as
+ * `valid` says ([tokens, prefix + tokens] bytes), through the same attention function as the decode rows
+ * (row strides 0: every token reads the one row). */
+struct chunk {
+    int tokens, prefix;
+    long key_at, value_at;
+    const unsigned char *valid;
+};
+
 /* y = x / sqrt(mean(x^2) + eps) * w, row by row (y may be x) */
 void glue_rms_norm(const float *x, const float *w, float *y, int rows, int n, float eps) {
     int nv = n - n % VEC;
@@ -108,16 +119,19 @@ long decode_layers_scratch(const struct dims *m, int rows) {
     return (long)rows * (2L * m->hidden + 2L * qd + 2L * kvd + 2L * m->inter);
 }
 
-/* x [rows, hidden] in place through every layer. keys/values: each layer's cache base ([row, kv head, column,
- * d], d contiguous, the given row and head strides, the same for every layer); this step writes column
- * `write_col` of rows [0, rows) and attends over columns [first_col, write_col], those set in `valid` (already
- * at first_col, `valid_row` apart). cos/sin [rows, d]. */
+/* x [rows (+ chunk tokens), hidden] in place through every layer. keys/values: each layer's cache base ([row,
+ * kv head, column, d], d contiguous, the given row and head strides, the same for every layer); this step writes
+ * column `write_col` of rows [0, rows) and attends over columns [first_col, write_col], those set in `valid`
+ * (already at first_col, `valid_row` apart). With `chunk` (else NULL), its tokens follow the decode rows in x
+ * and cos/sin, and go through the same Linear layers and glue. cos/sin [rows (+ tokens), d]. */
 void decode_layers(const struct layer *layers, int n_layers, const struct dims *m, float *x, int rows,
                    const float *cos, const float *sin, float *const *keys, float *const *values, long k_row,
                    long k_head, long v_row, long v_head, int write_col, int first_col, const unsigned char *valid,
-                   long valid_row, attention_fn attend, float *scratch, float *attention_scratch, int threads) {
-    int d = m->d, hidden = m->hidden, cols = write_col + 1 - first_col;
+                   long valid_row, attention_fn attend, float *scratch, float *attention_scratch, int threads,
+                   const struct chunk *chunk) {
+    int d = m->d, hidden = m->hidden, cols = write_col + 1 - first_col, decode_rows = rows;
     long qd = (long)m->heads * d, kvd = (long)m->kv_heads * d;
+    if (chunk) rows += chunk->tokens;
     float *h = scratch, *o = h + (size_t)rows * hidden, *q = o + (size_t)rows * hidden;
     float *att = q + (size_t)rows * qd, *k = att + (size_t)rows * qd, *v = k + (size_t)rows * kvd;
     float *gate = v + (size_t)rows * kvd, *up = gate + (size_t)rows * m->inter;
@@ -131,7 +145,7 @@ void decode_layers(const struct layer *layers, int n_layers, const struct dims *
         if (L->k_norm) glue_rms_norm(k, L->k_norm, k, rows * m->kv_heads, d, L->eps_k);
         glue_rotary(q, cos, sin, rows, m->heads, d);
         glue_rotary(k, cos, sin, rows, m->kv_heads, d);
-        for (int r = 0; r < rows; r++)
+        for (int r = 0; r < decode_rows; r++)
             for (int j = 0; j < m->kv_heads; j++) {
                 size_t at = (size_t)r * k_row + (size_t)j * k_head + (size_t)write_col * d;
                 memcpy(keys[index] + at, k + ((size_t)r * m->kv_heads + j) * d, (size_t)d * 4);
@@ -139,8 +153,23 @@ void decode_layers(const struct layer *layers, int n_layers, const struct dims *
                 memcpy(values[index] + at, v + ((size_t)r * m->kv_heads + j) * d, (size_t)d * 4);
             }
         attend(q, keys[index] + (size_t)first_col * d, values[index] + (size_t)first_col * d, valid, att,
-               attention_scratch, rows, m->heads, m->kv_heads, cols, d, k_row, k_head, v_row, v_head, valid_row,
-               m->scale, threads);
+               attention_scratch, decode_rows, m->heads, m->kv_heads, cols, d, k_row, k_head, v_row, v_head,
+               valid_row, m->scale, threads);
+        if (chunk) {
+            float *chunk_keys = keys[index] + chunk->key_at, *chunk_values = values[index] + chunk->value_at;
+            int seen = chunk->prefix + chunk->tokens;
+            for (int t = 0; t < chunk->tokens; t++)
+                for (int j = 0; j < m->kv_heads; j++) {
+                    size_t from = ((size_t)(decode_rows + t) * m->kv_heads + j) * d;
+                    size_t at = (size_t)j * k_head + (size_t)(chunk->prefix + t) * d;
+                    memcpy(chunk_keys + at, k + from, (size_t)d * 4);
+                    at = (size_t)j * v_head + (size_t)(chunk->prefix + t) * d;
+                    memcpy(chunk_values + at, v + from, (size_t)d * 4);
+                }
+            attend(q + (size_t)decode_rows * qd, chunk_keys, chunk_values, chunk->valid,
+                   att + (size_t)decode_rows * qd, attention_scratch, chunk->tokens, m->heads, m->kv_heads, seen, d,
+                   0, k_head, 0, v_head, seen, m->scale, threads);
+        }
         run(&L->o, att, o, rows, threads);
         add_into(x, o, (long)rows * hidden);
         glue_rms_norm(x, L->norm_post, h, rows, hidden, L->eps_post);

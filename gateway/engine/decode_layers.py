@@ -45,6 +45,10 @@ class _Dims(ctypes.Structure):
     _fields_ = [("hidden", _I), ("heads", _I), ("kv_heads", _I), ("d", _I), ("inter", _I), ("scale", _F)]
 
 
+class _Chunk(ctypes.Structure):
+    _fields_ = [("tokens", _I), ("prefix", _I), ("key_at", _L), ("value_at", _L), ("valid", _P)]
+
+
 def _pointer(tensor: torch.Tensor | None) -> int | None:
     return None if tensor is None else tensor.data_ptr()
 
@@ -61,7 +65,7 @@ class DecodeLayers:
         self._silu_mul = library.glue_silu_mul
         self._silu_mul.argtypes = [_P, _P, _L]
         self.layers = library.decode_layers
-        self.layers.argtypes = [_P, _I, _P, _P, _I, _P, _P, _P, _P, _L, _L, _L, _L, _I, _I, _P, _L, _P, _P, _P, _I]
+        self.layers.argtypes = [_P, _I, _P, _P, _I, _P, _P, _P, _P, _L, _L, _L, _L, _I, _I, _P, _L, _P, _P, _P, _I, _P]
         self.scratch = library.decode_layers_scratch
         self.scratch.argtypes = [_P, _I]
         self.scratch.restype = _L
@@ -200,20 +204,34 @@ class FusedLayers:
         values: list,
         target: tuple,
         valid: torch.Tensor,
+        chunk: tuple | None = None,
     ) -> torch.Tensor:
-        """x [rows, hidden] through every layer, in place; the step writes and attends as `target` says."""
+        """x [rows, hidden] through every layer, in place; the step writes and attends as `target` says.
+
+        `chunk` = (tokens, prefix, cache target of `target_chunk`): the last `tokens` rows of x (and of cos/sin)
+        are a prompt chunk at positions [prefix, prefix + tokens) of the target's row (a mixed step); they go
+        through the same Linear layers and glue, and attend causally over that row's prompt columns through the
+        decode attention kernel (each token reads the row's keys; those of a layer stay in cache between them).
+        """
         rows = x.shape[0]
         _, _, write_col, _, first_col = target
         threads = torch.get_num_threads()  # the engine's thread tuner sets it per phase
         dims = ctypes.byref(self._dims)
         scratch = torch.empty(self.library.scratch(dims, rows), dtype=torch.float32)
         groups = self._dims.heads // self._dims.kv_heads
-        attention_scratch = torch.empty(
-            threads * self.attention.scratch_floats(groups, write_col + 1 - first_col), dtype=torch.float32
-        )
+        k0, v0 = keys[0], values[0]
+        cols, spec, causal = write_col + 1 - first_col, None, None
+        if chunk is not None:
+            tokens, prefix, (row, _, _, _, origin) = chunk
+            seen = prefix + tokens
+            positions = torch.arange(seen)
+            causal = positions[None, :] <= positions[prefix:, None]  # [tokens, seen]: token t sees [0, prefix + t]
+            at_k, at_v = row * k0.stride(0) + origin * k0.stride(2), row * v0.stride(0) + origin * v0.stride(2)
+            spec = ctypes.byref(_Chunk(tokens, prefix, at_k, at_v, causal.data_ptr()))
+            rows, cols = rows - tokens, max(cols, seen)
+        attention_scratch = torch.empty(threads * self.attention.scratch_floats(groups, cols), dtype=torch.float32)
         key_pointers = (_P * self.count)(*[t.data_ptr() for t in keys[: self.count]])
         value_pointers = (_P * self.count)(*[t.data_ptr() for t in values[: self.count]])
-        k0, v0 = keys[0], values[0]
         self.library.layers(
             self._layers,
             self.count,
@@ -236,6 +254,7 @@ class FusedLayers:
             scratch.data_ptr(),
             attention_scratch.data_ptr(),
             threads,
+            spec,
         )
         return x
 

@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from gateway.engine import lean_forward
 from gateway.engine.batched import BatchedEngine
 from gateway.engine.decode_attention import DecodeAttention
 from gateway.engine.decode_layers import DecodeLayers, FusedLayers
@@ -130,12 +131,32 @@ def test_a_row_gets_the_same_bits_alone(
 def test_decode_rows_of_mixed_steps_get_the_decode_steps_bits(
     name: str, kernel: RowwiseKernel, decode_attention: DecodeAttention, decode_layers: DecodeLayers
 ) -> None:
-    """Mixed steps run the Python stack on the fused layers' own glue: a decode row's logits are those of a
-    decode step (the fused C loop), bit for bit."""
+    """Mixed steps carry their chunk through the fused C loop (short prefixes) or run the Python stack on the
+    fused layers' own glue (long ones): either way a decode row's logits are those of a decode step, bit for
+    bit, and the chunk's those of the chunk alone to rounding."""
     model = on_kernels(name, "fp32", kernel)
-    lean = LeanForward(model, decode_attention, decode_layers.stack(model, decode_attention))
-    apart, mixed = run_twins(model, lean)
-    assert_same(apart, mixed, exact_rows=True)
+    for limit, carried in ((lean_forward.FUSED_CHUNK_MAX_SCORES, True), (0, False)):
+        spy = ChunkSpy(decode_layers.stack(model, decode_attention))
+        lean = LeanForward(model, decode_attention, spy)  # type: ignore[arg-type]
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(lean_forward, "FUSED_CHUNK_MAX_SCORES", limit)
+            apart, mixed = run_twins(model, lean)
+        assert_same(apart, mixed, exact_rows=True)
+        assert any(chunk is not None for chunk in spy.chunks) == carried  # the mixed steps took the path meant
+
+
+class ChunkSpy:
+    """Fused layers that note which calls carried a prompt chunk."""
+
+    def __init__(self, fused: FusedLayers) -> None:
+        self.fused, self.chunks = fused, []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.fused, name)
+
+    def __call__(self, *args: Any, chunk: tuple | None = None) -> torch.Tensor:
+        self.chunks.append(chunk)
+        return self.fused(*args, chunk=chunk)
 
 
 def test_layers_not_on_the_kernels_are_not_fused(
