@@ -122,8 +122,7 @@ def apply_int8(model: Any, kernel_choice: LinearKernel, *, cache_dir: Path, acti
     vnni = build_vnni_kernel(cache_dir) if activations else None
     count = quantize_int8_rowwise(model, kernel, vnni)
     on_vnni = sum(isinstance(m, Int8VnniLinear) for m in model.modules())
-    if not on_vnni:
+    if vnni is None or not on_vnni:
         return {"int8": "weight-only", "int8_linears": count}
     # a layer whose input width is not a multiple of the block stays weight-only
-    details = {"int8": f"activations per 32 ({vnni.isa})", "int8_linears": count}  # type: ignore[union-attr]
-    return details | {"int8_weight_only": count - on_vnni}
+    return {"int8": f"activations per 32 ({vnni.isa})", "int8_linears": count, "int8_weight_only": count - on_vnni}
