@@ -1,6 +1,6 @@
 /* y = x @ w.T * scale (+ bias) with int8 weights AND int8 activations: on AVX-512 VNNI (vpdpbusd: 64
- * multiply-adds of u8 x s8 per instruction, four times the fp32 FMA's 16), or on AVX2 (vpmaddubsw +
- * vpmaddwd, llama.cpp's Q8_0 x Q8_0 dot: 32 multiply-adds in four instructions). Built and loaded by
+ * multiply-adds of u8 x s8 per instruction, four times the fp32 FMA's 16), on AVX-VNNI (the same on 256 bits),
+ * or on AVX2 (vpmaddubsw + vpmaddwd, llama.cpp's Q8_0 x Q8_0 dot: 32 multiply-adds in four instructions). Built by
  * gateway/engine/int8_vnni.py (see why there); on a CPU with neither it exports only int8_vnni_block().
  *
  * Weights: one fp32 scale per output row (as rowwise_gemm_i8), the int8 values stored + 128 as u8 (vpdpbusd's
@@ -142,7 +142,24 @@ void int8_vnni_gemm_fp32_activations(const float *x, const void *w, const float 
 #include <immintrin.h>
 
 int int8_vnni_available(void) { return 1; }
+
+#if defined(__AVXVNNI__)
+/* AVX-VNNI (Intel client CPUs from Alder Lake on, without AVX-512): vpdpbusd on 256 bits, as on AVX-512 VNNI:
+ * the weights as stored (+ 128), each block's accumulators start at -128 * sum(q). */
+const char *int8_vnni_isa(void) { return "AVX-VNNI"; }
+#define WEIGHTS(v) (v)
+#define CORRECTION(sum) (-128 * (sum))
+static inline __m256i dot4(__m256i acc, __m256i w, __m256i x) { return _mm256_dpbusd_avx_epi32(acc, w, x); }
+#else
 const char *int8_vnni_isa(void) { return "AVX2"; }
+#define WEIGHTS(v) _mm256_xor_si256(v, _mm256_set1_epi8((char)0x80)) /* back to signed */
+#define CORRECTION(sum) 0
+/* |x| times w with x's sign: pair sums within 2 * 127 * 127, so vpmaddubsw never saturates */
+static inline __m256i dot4(__m256i acc, __m256i w, __m256i x) {
+    __m256i pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(w, x));
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+}
+#endif
 
 static inline float hmax8(__m256 v) {
     __m128 h = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -150,7 +167,8 @@ static inline float hmax8(__m256 v) {
     return _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
 }
 
-/* One row: int8 values and a scale per block (as on VNNI, same roundings); no offset to take off here. */
+/* One row: int8 values, a scale and the weights' offset correction (AVX-VNNI; 0 on AVX2) per block, with the
+ * same roundings as on AVX-512 VNNI. */
 static void quantize_row(const float *x, int8_t *q, float *scale, int32_t *corr, int K) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
     const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7); /* undo the packs' lane interleaving */
@@ -167,7 +185,11 @@ static void quantize_row(const float *x, int8_t *q, float *scale, int32_t *corr,
         __m256i packed = _mm256_packs_epi16(_mm256_packs_epi32(q0, q1), _mm256_packs_epi32(q2, q3));
         _mm256_storeu_si256((__m256i *)(q + b * BLOCK), _mm256_permutevar8x32_epi32(packed, order));
         scale[b] = amax / 127.0f;
-        corr[b] = 0;
+        __m256i sum = _mm256_add_epi32(_mm256_add_epi32(q0, q1), _mm256_add_epi32(q2, q3));
+        __m128i half = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+        half = _mm_add_epi32(half, _mm_shuffle_epi32(half, 0x4e));
+        half = _mm_add_epi32(half, _mm_shuffle_epi32(half, 0xb1));
+        corr[b] = CORRECTION(_mm_cvtsi128_si32(half));
     }
 }
 
@@ -182,31 +204,28 @@ static inline __m256i broadcast4(const int8_t *p) {
     static void tile_##MT##x##NT(const int8_t *qa, const float *sa, const int32_t *corr, const uint8_t *w,         \
                                  const float *wscale, const float *bias, float *y, int m0, int g0, int N, int K) { \
         const int quads = K / 4, blocks = K / BLOCK;                                                               \
-        const __m256i flip = _mm256_set1_epi8((char)0x80), ones = _mm256_set1_epi16(1);                            \
         const uint8_t *wg[NT];                                                                                     \
         __m256 acc[MT][2 * NT];                                                                                    \
-        (void)corr;                                                                                                \
         for (int j = 0; j < NT; j++) wg[j] = w + (size_t)(g0 + j) * quads * 64;                                    \
         for (int i = 0; i < MT; i++)                                                                               \
             for (int h = 0; h < 2 * NT; h++) acc[i][h] = _mm256_setzero_ps();                                      \
         for (int b = 0; b < blocks; b++) {                                                                         \
             __m256i dot[MT][2 * NT];                                                                               \
-            for (int i = 0; i < MT; i++)                                                                           \
-                for (int h = 0; h < 2 * NT; h++) dot[i][h] = _mm256_setzero_si256();                               \
+            for (int i = 0; i < MT; i++) {                                                                         \
+                __m256i start = _mm256_set1_epi32(corr[(size_t)(m0 + i) * blocks + b]);                            \
+                for (int h = 0; h < 2 * NT; h++) dot[i][h] = start;                                                \
+            }                                                                                                      \
             for (int q = b * (BLOCK / 4); q < (b + 1) * (BLOCK / 4); q++) {                                        \
                 __m256i wv[2 * NT];                                                                                \
                 for (int j = 0; j < NT; j++) {                                                                     \
                     const uint8_t *src = wg[j] + (size_t)q * 64;                                                   \
-                    wv[2 * j] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)src), flip);                  \
-                    wv[2 * j + 1] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(src + 32)), flip);       \
+                    wv[2 * j] = WEIGHTS(_mm256_loadu_si256((const __m256i *)src));                                 \
+                    wv[2 * j + 1] = WEIGHTS(_mm256_loadu_si256((const __m256i *)(src + 32)));                      \
                     __builtin_prefetch(wg[j] + ((size_t)NT * quads + q) * 64); /* the next tile's columns */       \
                 }                                                                                                  \
                 for (int i = 0; i < MT; i++) {                                                                     \
-                    __m256i xv = broadcast4(qa + (size_t)(m0 + i) * K + 4 * q), ax = _mm256_sign_epi8(xv, xv);     \
-                    for (int h = 0; h < 2 * NT; h++) {                                                             \
-                        __m256i pairs = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(wv[h], xv));                     \
-                        dot[i][h] = _mm256_add_epi32(dot[i][h], _mm256_madd_epi16(pairs, ones));                   \
-                    }                                                                                              \
+                    __m256i xv = broadcast4(qa + (size_t)(m0 + i) * K + 4 * q);                                    \
+                    for (int h = 0; h < 2 * NT; h++) dot[i][h] = dot4(dot[i][h], wv[h], xv);                       \
                 }                                                                                                  \
             }                                                                                                      \
             for (int i = 0; i < MT; i++) {                                                                         \

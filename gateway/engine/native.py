@@ -31,13 +31,14 @@ def _compiler() -> str | None:
 
 
 # torch's dispatch level (ATEN_CPU_CAPABILITY) -> what our kernels must leave out to stay at or below it
-_CAPPED_ISA_FLAGS = {"AVX2": ["-mno-avx512f"], "DEFAULT": ["-mno-avx"]}
+_CAPPED_ISA_FLAGS = {"AVX2": ["-march=haswell"], "DEFAULT": ["-mno-avx"]}
 
 
 def _isa_cap_flags() -> list[str]:
     """Our kernels follow a cap put on torch's dispatch: `ATEN_CPU_CAPABILITY=avx2` on an AVX-512 CPU (against
     AVX-512 down-clocking, or to measure the AVX2 code paths) keeps them on AVX2 too, not on what -march=native
-    alone would pick. -mno-avx512f also drops every AVX-512 extension (VNNI: int8 runs its AVX2 code)."""
+    alone would pick: AVX2 and FMA only (Haswell's set, what torch's AVX2 kernels assume), so also no 256-bit
+    AVX-VNNI: int8 runs its AVX2 code, as on an AVX2-only CPU (Zen 1-3)."""
     if platform.machine().lower() not in ("x86_64", "amd64", "i686"):
         return []
     return _CAPPED_ISA_FLAGS.get(torch.backends.cpu.get_cpu_capability(), [])

@@ -19,11 +19,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gateway.engine import linear_layout
+from gateway.engine import linear_layout, native
 from gateway.engine.batched import BatchedEngine
 from gateway.engine.decode_attention import DecodeAttention
 from gateway.engine.decode_layers import DecodeLayers
-from gateway.engine.int8_vnni import Int8VnniLinear, VnniKernel, fp32_activations, pack_weight, unpack_weight
+from gateway.engine.int8_vnni import (
+    Int8VnniLinear,
+    VnniKernel,
+    build_vnni_kernel,
+    fp32_activations,
+    pack_weight,
+    unpack_weight,
+)
 from gateway.engine.kvcache import BatchKVCache
 from gateway.engine.lean_path import LeanPath
 from gateway.engine.rowwise import INT8_KERNEL_MAX_ROWS, Int8RowwiseLinear, RowwiseKernel, quantize_int8_rowwise
@@ -114,6 +121,26 @@ def test_the_avx2_code_gives_the_same_bits_as_vnni(vnni: VnniKernel, tmp_path: P
     with torch.inference_mode():
         for (x, w, b, s), got in zip(cases, capped["out"], strict=True):
             assert torch.equal(got, vnni(x, w, b, s)), f"{tuple(x.shape)} x {tuple(w.shape)}"
+
+
+def test_avx_vnni_gives_the_same_bits_as_avx512_vnni(
+    vnni: VnniKernel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, anyio_backend: str
+) -> None:
+    """Built without AVX-512 but with AVX-VNNI (as for an Alder Lake), the 256-bit vpdpbusd path: same bits."""
+    if vnni.isa != "AVX-512 VNNI":
+        pytest.skip(f"this CPU runs the {vnni.isa} code: nothing to compare it with")
+    monkeypatch.setattr(native, "_isa_cap_flags", lambda: ["-mno-avx512f"])
+    narrow = build_vnni_kernel(tmp_path)
+    if narrow is None or narrow.isa != "AVX-VNNI":
+        pytest.skip("this CPU has no AVX-VNNI")
+    generator = torch.Generator().manual_seed(6)
+    with torch.inference_mode():
+        for out_features, in_features, bias in [*SHAPES, (50, 576, False)]:
+            layer = Int8VnniLinear(torch.nn.Linear(in_features, out_features, bias=bias), vnni)
+            for rows in (1, 3, 4, 8, 13):
+                x = torch.randn(rows, in_features, generator=generator) * 3
+                got = narrow(x, layer.qweight, layer.bias, layer.scale)
+                assert torch.equal(got, vnni(x, layer.qweight, layer.bias, layer.scale)), (rows, out_features)
 
 
 def test_fp32_activations_run_the_same_weights_unrounded(vnni: VnniKernel, anyio_backend: str) -> None:
