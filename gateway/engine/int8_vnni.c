@@ -1,7 +1,7 @@
 /* y = x @ w.T * scale (+ bias) with int8 weights AND int8 activations: on AVX-512 VNNI (vpdpbusd: 64
  * multiply-adds of u8 x s8 per instruction, four times the fp32 FMA's 16), on AVX-VNNI (the same on 256 bits),
  * or on AVX2 (vpmaddubsw + vpmaddwd, llama.cpp's Q8_0 x Q8_0 dot: 32 multiply-adds in four instructions). Built by
- * gateway/engine/int8_vnni.py (see why there); on a CPU with neither it exports only int8_vnni_block().
+ * gateway/engine/int8_vnni.py (see why there); on a CPU with none of them it exports only int8_vnni_block().
  *
  * Weights: one fp32 scale per output row (as rowwise_gemm_i8), the int8 values stored + 128 as u8 (vpdpbusd's
  * unsigned operand) in the VNNI layout [ceil(N/16)][K/4][16 columns][4 k], padded columns = 128 (zero).
