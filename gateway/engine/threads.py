@@ -5,7 +5,9 @@ taken (by our own event loop streaming chunks, or by another process), an OpenMP
 waits for its descheduled thread at every op; a decode step of ~400 ops then takes 10-50x longer.
 One thread fewer leaves a core free, but costs speed on an idle machine. Which is faster depends on
 the moment, so the engine measures: each phase uses the candidate with the best recent (median) time
-per unit of work and now and then re-tries the other one (rarely when it was much slower). Only
+per unit of work and now and then re-tries the other one: rarely when it was much slower, and ever more
+rarely while each re-try confirms the choice and the chosen count's own time holds steady (a trial of
+1 thread every ~26 decode steps of SmolLM2 int8 at 8 rows cost ~5 % of a busy server's throughput). Only
 small calls try a candidate out: a burst's prefill run on the slower setting would delay every
 request in it (8 prompts x 22 tokens, SmolLM2 fp32: 130 -> 195 ms), so large calls take the best one.
 """
@@ -23,6 +25,7 @@ _WINDOW = 7  # recent measurements kept per candidate
 _WARMUP = 3  # measurements of every candidate before exploiting
 _EXPLORE_EVERY = 16  # base interval between re-tries of the other candidate
 _EXPLORE_MAX = 512
+_DRIFT = 1.25  # the chosen count's time moved by this factor since a trial confirmed it: re-try soon again
 EXPLORE_MAX_WORK = 64  # calls with more work (e.g. prefill tokens) never try a candidate out
 
 
@@ -39,6 +42,9 @@ class _Phase:
         self.recent: dict[int, deque[float]] = {n: deque(maxlen=_WINDOW) for n in candidates}
         self.calls = 0
         self.next_explore = _EXPLORE_EVERY
+        self.trial: tuple[int, int] | None = None  # (candidate being re-tried, the best before it)
+        self.confirmed = 0  # trials in a row that kept the same best: each doubles the interval
+        self.reference: float | None = None  # the best's cost when a trial last confirmed it
 
     def cost(self, n: int) -> float | None:
         """Median of the recent costs: a step slowed by another process once does not flip the choice."""
@@ -54,16 +60,30 @@ class _Phase:
             # a large call: the best measured one, else torch's own setting
             return min(measured, key=lambda n: self.cost(n) or 0.0) if measured else self.candidates[-1]
         best = min(self.candidates, key=lambda n: self.cost(n) or 0.0)
+        self._review(best)
         if explore and self.calls >= self.next_explore:
             others = [n for n in self.candidates if n != best]
             other = min(others, key=lambda n: len(self.recent[n]))
             slower = (self.cost(other) or 1.0) / max(self.cost(best) or 1.0, 1e-12)
-            self.next_explore = self.calls + int(min(_EXPLORE_MAX, _EXPLORE_EVERY * max(1.0, slower)))
+            interval = _EXPLORE_EVERY * max(1.0, slower) * 2**self.confirmed
+            self.next_explore = self.calls + int(min(_EXPLORE_MAX, interval))
+            self.trial = (other, best)
             # measured afresh (_WARMUP calls in a row): its old times may come from a busier moment (a
             # server that warmed up while others were loading kept 1 thread for hundreds of steps)
             self.recent[other].clear()
             return other
         return best
+
+    def _review(self, best: int) -> None:
+        """Back off after a trial that kept the best; explore soon again when the best's own time drifts (a
+        process took a core, or the batch changed), since the other count may have become the faster."""
+        cost = self.cost(best) or 0.0
+        if self.trial is not None:  # measured by now: every candidate is, on this branch of `pick`
+            self.confirmed = self.confirmed + 1 if best == self.trial[1] else 0
+            self.reference, self.trial = cost, None
+        elif self.reference and not 1 / _DRIFT <= cost / self.reference <= _DRIFT:
+            self.confirmed, self.reference = 0, None
+            self.next_explore = min(self.next_explore, self.calls + _EXPLORE_EVERY)
 
     def record(self, n: int, seconds: float, work: float) -> None:
         self.recent[n].append(seconds / max(work, 1e-9))

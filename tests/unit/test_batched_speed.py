@@ -146,6 +146,33 @@ def test_thread_tuner_recovers_soon_after_a_busy_moment(anyio_backend: str) -> N
     assert late.count(2) > 0.85 * len(late), f"2 threads in {late.count(2)} of the last {len(late)} steps"
 
 
+def _tune(tuner: ThreadTuner, cost: dict[int, float], calls: int) -> list[int]:
+    """`calls` decode steps that take cost[threads] (synthetic times: no sleeping); the counts picked."""
+    used = []
+    for _ in range(calls):
+        n = tuner.choose("decode", 1)
+        tuner.record("decode", n, cost[n], 1)
+        used.append(n)
+    return used
+
+
+def test_thread_tuner_tries_the_slower_count_ever_more_rarely_while_nothing_changes() -> None:
+    """Each trial costs a few slow steps: 1 thread every ~26 steps cost a busy server ~5 % of its tokens."""
+    tuner = ThreadTuner(candidates=[1, 2])
+    used = _tune(tuner, {1: 1.6, 2: 1.0}, 3000)
+    late = used[1000:]
+    assert 1 <= late.count(1) <= 0.01 * len(late), f"1 thread in {late.count(1)} of {len(late)} steps"
+
+
+def test_thread_tuner_tries_again_soon_when_the_chosen_count_slows_down() -> None:
+    """After backing off, a drift of the chosen count's own time (another process took a core) brings the
+    next trial forward: the other count is found faster within a few dozen steps, not hundreds."""
+    tuner = ThreadTuner(candidates=[1, 2])
+    _tune(tuner, {1: 1.6, 2: 1.0}, 2000)
+    used = _tune(tuner, {1: 1.0, 2: 1.7}, 400)
+    assert used[50:].count(1) > 0.95 * len(used[50:]), f"switched after {used.index(1)} steps"
+
+
 def test_thread_tuner_never_tries_a_candidate_out_on_a_large_call(anyio_backend: str) -> None:
     """A burst's prefill on the slower thread count would delay every request in the burst."""
     tuner = ThreadTuner(candidates=[1, 2])
