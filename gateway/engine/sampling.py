@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
 
 from gateway.engine.logits import LOGPROB_FLOOR, request_generator, row_processors
 from gateway.engine.types import SamplingParams
@@ -90,6 +91,40 @@ def _warp(scores: torch.Tensor, rows: list[RowSampling]) -> torch.Tensor:
     return scores
 
 
+def _shared_repetition_penalty(
+    scores: torch.Tensor, rows: list[RowSampling], history: Callable[[int], list[int]], slow: list[int]
+) -> set[int]:
+    """Apply the repetition penalty that starts the chains of `slow` rows to all of them at once; the rows done.
+
+    transformers' processor works on one [1, vocab] row: a padded copy, a scattered copy, and the row written
+    back — ~0.1 ms a row, 1.3 ms of a 24 ms int8 decode step at 8 rows (the embedded model's default 1.1
+    penalises every request). Here one gather and one index_put per penalty value, with the same arithmetic
+    (the same Python float, so the same bits), and ids past the output vocabulary skipped as it skips them.
+    If the shared call fails, the rows go back to the row-by-row path, where a failure is the row's own."""
+    groups: dict[float, list[int]] = {}
+    for i in slow:
+        first = rows[i].processors[0]
+        if type(first) is RepetitionPenaltyLogitsProcessor and first.prompt_ignore_length is None:
+            groups.setdefault(first.penalty, []).append(i)
+    done: set[int] = set()
+    for penalty, members in groups.items():
+        histories = [history(i) for i in members]
+        try:
+            ids = torch.tensor([t for h in histories for t in h], dtype=torch.long, device=scores.device)
+            at = torch.tensor(members, device=scores.device).repeat_interleave(
+                torch.tensor([len(h) for h in histories], device=scores.device)
+            )
+            inside = ids < scores.shape[-1]
+            if not bool(inside.all()):
+                ids, at = ids[inside], at[inside]
+            score = scores[at, ids]
+            scores[at, ids] = torch.where(score < 0, score * penalty, score / penalty)  # repeats: the same value
+        except (RuntimeError, IndexError, ValueError):
+            continue
+        done.update(members)
+    return done
+
+
 def _draw(scores: torch.Tensor, rows: list[RowSampling]) -> torch.Tensor:
     """One token per row from softmax(scores), by inverse CDF with one uniform from each row's generator."""
     probs = scores.softmax(dim=-1)
@@ -114,11 +149,15 @@ def sample(
     errors: dict[int, Exception] = {}
     if slow:
         scores = scores.clone() if scores is logits and not overwrite else scores
+        penalised = _shared_repetition_penalty(scores, rows, history, slow)
         for i in slow:
+            chain = rows[i].processors[1:] if i in penalised else rows[i].processors
+            if not chain:
+                continue
             ids = torch.tensor([history(i)], dtype=torch.long, device=scores.device)
             row = scores[i : i + 1]
             try:
-                for processor in rows[i].processors:
+                for processor in chain:
                     row = processor(ids, row)
             except Exception as exc:  # one request's processor fails that request only
                 errors[i] = exc

@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers.generation.logits_process import (
     MinPLogitsWarper,
+    RepetitionPenaltyLogitsProcessor,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
     TopPLogitsWarper,
@@ -75,6 +76,36 @@ def test_penalties_leave_the_callers_logits_unless_it_hands_them_over() -> None:
     assert torch.equal(logits, kept)
     assert sample(logits, rows, lambda i: history[i], overwrite=True).token_list == [8, 7]  # the engine's case
     assert logits[0, 7] == 9.0 and torch.equal(logits[1], kept[1])  # the penalized row, in place
+
+
+def test_repetition_penalties_of_many_rows_get_transformers_own_bits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The penalty starting most chains (the embedded model's default) runs for all rows at once; every
+    row's scores stay what its own chain of transformers processors gives, bit for bit."""
+    logits = peaked_logits(6, seed=3)
+    rows = [
+        row(temperature=0.0, repetition_penalty=1.1),
+        row(temperature=0.0, repetition_penalty=1.3),  # another value: its own pass
+        row(temperature=0.0, repetition_penalty=1.1, presence_penalty=0.5),  # the rest of its chain runs after
+        row(temperature=0.0),  # no processors
+        row(temperature=0.0, repetition_penalty=1.1),
+        row(temperature=0.0, repetition_penalty=1.1, logit_bias=((8, 2.0),)),
+    ]
+    # repeated ids, negative and positive scores, an id past the head's outputs (not penalised)
+    history = [[1, 2, 2, 7, 299], [5, 9, 5], [1, 2, 7, 7], [3], [4, VOCAB + 5, 8], [8, 8, 1]]
+    expected = logits.clone()
+    for i, r in enumerate(rows):
+        out = expected[i : i + 1]
+        for processor in r.processors:
+            out = processor(torch.tensor([history[i]]), out)
+        expected[i : i + 1] = out
+    scores = logits.clone()
+    row_by_row = []
+    monkeypatch.setattr(RepetitionPenaltyLogitsProcessor, "__call__", lambda *args: row_by_row.append(args))
+    result = sample(scores, rows, lambda i: history[i], overwrite=True)  # processes `scores` in place
+    assert row_by_row == []  # one pass per penalty value instead
+    assert torch.equal(scores, expected)
+    assert result.token_list == expected.argmax(dim=-1).tolist()
+    assert not torch.equal(expected, logits)
 
 
 def test_sampling_uses_each_rows_generator_only() -> None:
