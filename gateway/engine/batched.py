@@ -52,7 +52,7 @@ from gateway.engine.threads import ThreadTuner
 from gateway.engine.token_logprobs import TokenLogprobs
 from gateway.engine.types import GenerationDelta, GenerationRequest
 from gateway.errors import EngineError
-from gateway.gc_heap import release_free_memory
+from gateway.gc_heap import MALLOC_THRESHOLDS, release_free_memory
 from gateway.openmp_pool import release_openmp_workers
 
 logger = logging.getLogger(__name__)
@@ -181,6 +181,7 @@ class BatchedEngine(PrefillSteps):
         with torch.inference_mode():
             while True:
                 if not self._waiting and not self._active and not self._beams and self.chunking.current is None:
+                    MALLOC_THRESHOLDS.long_prompt(self, False)
                     self.batch_size = 0
                     release_free_memory()  # going idle: return the burst's freed heap to the OS
                     release_openmp_workers()  # and its OpenMP workers, which would slow other threads' regions
@@ -209,6 +210,7 @@ class BatchedEngine(PrefillSteps):
                         self._prefill(admitted, out)
                         out.flush()  # first tokens go out before the decode step
                     decoded = False
+                    MALLOC_THRESHOLDS.long_prompt(self, self.chunking.current is not None)
                     if self.chunking.current is not None:
                         decoded = self._prefill_chunk(out)
                         out.flush()
@@ -241,6 +243,7 @@ class BatchedEngine(PrefillSteps):
             out.flush()
             self.cache.reset()
             self.tuner.restore()
+            MALLOC_THRESHOLDS.long_prompt(self, False)
 
     def _run_beam(self, seq: Seq, out: Outbox) -> None:
         """One beam-search request, whole (see the module docstring); its errors are its own."""

@@ -98,6 +98,34 @@ async def _stream(eng: BatchedEngine, prompt: list[int], budget: int, stamps: li
     return tokens
 
 
+async def test_a_long_prompt_is_prefilled_with_the_heap_kept_small(monkeypatch: pytest.MonkeyPatch) -> None:
+    """glibc's mmap threshold is the long-prompt one while its chunks run (the 8k peak-RSS bound), and the
+    serving one again once it is in (a step's buffers reused from the heap)."""
+    from gateway.gc_heap import (
+        LONG_PROMPT_MMAP_THRESHOLD_BYTES,
+        MALLOC_THRESHOLDS,
+        SERVING_MMAP_THRESHOLD_BYTES,
+    )
+
+    MALLOC_THRESHOLDS.install()
+    eng = engine(64)
+    seen: list[int | None] = []
+    chunk = eng._prefill_chunk
+
+    def spy(out: Any) -> bool:
+        seen.append(MALLOC_THRESHOLDS.mmap_threshold)
+        return chunk(out)
+
+    monkeypatch.setattr(eng, "_prefill_chunk", spy)
+    try:
+        prompt = random_prompt(random.Random(5), 300)
+        assert (await collect(eng, prompt, params(3))).token_ids == solo_greedy(prompt, 3)
+        assert len(seen) >= 4 and set(seen) == {LONG_PROMPT_MMAP_THRESHOLD_BYTES}
+        assert MALLOC_THRESHOLDS.mmap_threshold == SERVING_MMAP_THRESHOLD_BYTES
+    finally:
+        await eng.close()
+
+
 async def test_running_streams_keep_decoding_while_a_long_prompt_prefills() -> None:
     rng = random.Random(2)
     eng = engine(64)
