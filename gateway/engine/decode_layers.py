@@ -72,9 +72,9 @@ class DecodeLayers:
         for fn in (self._norm, self._rotary, self._silu_mul, self.layers):
             fn.restype = None
 
-    def rms_norm(self, norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """LlamaRMSNorm of a contiguous fp32 x over its last dimension, into a new tensor."""
-        out = torch.empty_like(x)
+    def rms_norm(self, norm: torch.nn.Module, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """LlamaRMSNorm of a contiguous fp32 x over its last dimension, into `out` (x's shape) or a new tensor."""
+        out = torch.empty_like(x) if out is None else out
         n = x.shape[-1]
         self._norm(x.data_ptr(), norm.weight.data_ptr(), out.data_ptr(), x.numel() // n, n, norm.variance_epsilon)
         return out

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from gateway.engine.decode_attention import DecodeAttention
 from gateway.engine.decode_layers import DecodeLayers, FusedLayers
 from gateway.engine.kvcache import BatchKVCache
+from gateway.engine.rowwise import linear_into, runs_on_sgemm
 
 # Architectures whose decoder layer is exactly: RMSNorm -> q/k/v (optional per-head q/k RMSNorm) ->
 # rotary -> sdpa -> o_proj -> residual -> RMSNorm -> down(silu(gate) * up) -> residual.
@@ -308,26 +309,44 @@ class LeanForward:
         norm, rotate = (_rms_norm, _rotary_embedding) if glue is None else (glue.rms_norm, glue.rotary)
         if glue is not None:
             cos, sin = cos.contiguous(), sin.contiguous()
+        # A prompt chunk's activations are > 256 KiB: while a long prompt is prefilled, glibc maps and faults in
+        # each fresh one anew (gc_heap.MallocThresholds), ~13 MB a layer at 512 tokens. So the ones the glue and
+        # sgemm can write into are one buffer per kind for the whole call, rewritten by every layer.
+        buffers: dict[str, torch.Tensor] = {}
+
+        def buffer(kind: str, width: int) -> torch.Tensor:
+            if kind not in buffers:
+                buffers[kind] = torch.empty(tokens, width, dtype=x.dtype, device=x.device)
+            return buffers[kind]
+
+        def project(linear: torch.nn.Module, h: torch.Tensor, kind: str) -> torch.Tensor:
+            if runs_on_sgemm(linear, h):
+                return linear_into(linear, h, buffer(kind, linear.weight.shape[0]))
+            return linear.forward(h)
+
+        def normed(weight: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:  # into the hidden-width buffer
+            return norm(weight, x) if glue is None else glue.rms_norm(weight, x, buffer("hidden", x.shape[1]))
+
         for index, layer in enumerate(self.layers):
             attn = layer.self_attn
-            h = norm(layer.input_layernorm, x)
-            q = attn.q_proj.forward(h).view(tokens, -1, self.head_dim)
-            k = attn.k_proj.forward(h).view(tokens, -1, self.head_dim)
-            v = attn.v_proj.forward(h).view(tokens, -1, self.head_dim)
+            h = normed(layer.input_layernorm, x)
+            q = project(attn.q_proj, h, "q").view(tokens, -1, self.head_dim)
+            k = project(attn.k_proj, h, "k").view(tokens, -1, self.head_dim)
+            v = project(attn.v_proj, h, "v").view(tokens, -1, self.head_dim)
             if hasattr(attn, "q_norm"):  # Qwen3: RMSNorm over each head
                 q, k = norm(attn.q_norm, q), norm(attn.k_norm, k)
             q, k = rotate(q, cos, sin), rotate(k, cos, sin)
-            # residuals in place: a chunk's activations are > 256 KiB, each fresh one mapped and faulted in anew
-            # (gc_heap.bound_heap_retention); same bits as `x + ...`
-            x = x.add_(attn.o_proj.forward(attend(q, k, v, index, attn.scaling)))
-            h = norm(layer.post_attention_layernorm, x)
+            # residuals in place (same bits as `x + ...`); h is spent, so its buffer takes o_proj's output, then
+            # the second norm's, then (once gate and up have read it) down_proj's
+            x = x.add_(project(attn.o_proj, attend(q, k, v, index, attn.scaling), "hidden"))
+            h = normed(layer.post_attention_layernorm, x)
             mlp = layer.mlp
-            gate, up = mlp.gate_proj.forward(h), mlp.up_proj.forward(h)
+            gate, up = project(mlp.gate_proj, h, "gate"), project(mlp.up_proj, h, "up")
             if glue is None:
                 gate = F.silu(gate, inplace=True).mul_(up)
             else:
                 gate = glue.silu_mul(gate, up)
-            x = x.add_(mlp.down_proj.forward(gate))
+            x = x.add_(project(mlp.down_proj, gate, "hidden"))
         if keep is not None:
             x = x[keep]
         return self.model.lm_head.forward(_rms_norm(inner.norm, x))

@@ -106,6 +106,25 @@ class RowwiseLinear(torch.nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, rowwise fp32 kernel"
 
 
+def runs_on_sgemm(layer: torch.nn.Module, x: torch.Tensor) -> bool:
+    """Whether `layer(x)` (2-D x) is torch's fp32 sgemm: an fp32 nn.Linear, or a RowwiseLinear above its kernel's
+    rows. Such a call can write into a given tensor (`linear_into`)."""
+    weight, bias = getattr(layer, "weight", None), getattr(layer, "bias", None)
+    plain = type(layer) is torch.nn.Linear or (isinstance(layer, RowwiseLinear) and x.shape[0] > ROWWISE_MAX_ROWS)
+    if not plain or weight is None or not x.dtype == weight.dtype == torch.float32:
+        return False
+    # out= takes no part in autograd: only where nothing would record (the engine runs under inference_mode)
+    return not torch.is_grad_enabled() or not any(t is not None and t.requires_grad for t in (x, weight, bias))
+
+
+def linear_into(layer: torch.nn.Module, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """`layer(x)` written into `out`, for a call that `runs_on_sgemm`: addmm / mm, the ops F.linear itself runs
+    for a 2-D input, so the same bits."""
+    if layer.bias is None:
+        return torch.mm(x, layer.weight.t(), out=out)
+    return torch.addmm(layer.bias, x, layer.weight.t(), out=out)
+
+
 def can_use_rowwise(model: torch.nn.Module) -> bool:
     parameter = next(model.parameters())
     return parameter.dtype == torch.float32 and parameter.device.type == "cpu"

@@ -21,7 +21,14 @@ from gateway.engine.batched import BatchedEngine
 from gateway.engine.kvcache import BatchKVCache, forward_last_logits
 from gateway.engine.lean_forward import LeanForward, lean_support, prefix_causal_attention
 from gateway.engine.lean_path import LeanPath
-from gateway.engine.rowwise import quantize_int8_rowwise, use_rowwise_linears
+from gateway.engine.rowwise import (
+    ROWWISE_MAX_ROWS,
+    RowwiseLinear,
+    linear_into,
+    quantize_int8_rowwise,
+    runs_on_sgemm,
+    use_rowwise_linears,
+)
 from tests.unit.batched_tiny import PROMPTS, collect, gpt2_tokenizer, params, prompt, tiny_model
 
 pytestmark = pytest.mark.anyio
@@ -148,6 +155,44 @@ def test_lean_chunks_match_the_model_forward_with_decode_steps_between(name: str
     for got, expected in zip(results[True][0], results[False][0], strict=True):
         assert torch.allclose(got, expected, atol=1e-5, rtol=1e-4), (got - expected).abs().max()
     assert torch.allclose(results[True][1], results[False][1], atol=1e-5, rtol=1e-4)  # the KV it wrote
+
+
+def test_linear_into_a_given_tensor_has_f_linears_bits(kernel: Any, anyio_backend: str) -> None:
+    torch.manual_seed(11)
+    x = torch.randn(ROWWISE_MAX_ROWS + 8, 64)
+    for bias in (True, False):
+        plain = torch.nn.Linear(64, 48, bias=bias)
+        rowwise = RowwiseLinear(copy.deepcopy(plain), kernel)
+        assert not runs_on_sgemm(plain, x)  # its weight requires grad and autograd is on: out= cannot record
+        with torch.inference_mode():  # as the engine runs
+            for layer in (plain, rowwise):
+                assert runs_on_sgemm(layer, x)
+                out = torch.full((x.shape[0], 48), float("nan"))
+                assert linear_into(layer, x, out) is out
+                assert torch.equal(out, torch.nn.functional.linear(x, plain.weight, plain.bias))
+            assert not runs_on_sgemm(rowwise, x[:ROWWISE_MAX_ROWS])  # its own kernel there, into its own tensor
+
+
+def test_a_chunks_layers_rewrite_the_same_activation_buffers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long prompt's chunks run while glibc maps every activation > 256 KiB afresh (gc_heap.py): the
+    projections of all layers write into one buffer per kind, not a new tensor per layer."""
+    model = MODELS["llama-mha-bias"]()
+    written: dict[int, set[int]] = {}
+    into = lean_forward.linear_into
+
+    def spy(layer: Any, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        written.setdefault(out.shape[1], set()).add(out.data_ptr())
+        return into(layer, x, out)
+
+    monkeypatch.setattr(lean_forward, "linear_into", spy)
+    cache = BatchKVCache(model.config.num_hidden_layers, torch.device("cpu"))
+    with torch.inference_mode():
+        cache.begin_pending(40)
+        positions, _ = cache.target_chunk(0, 40)
+        logits = LeanForward(model).chunk(cache, torch.randint(0, VOCAB, (1, 40)), positions, 0)
+    assert torch.isfinite(logits).all()
+    # q/k/v/o and down (hidden width 64), gate and up (96): each width's buffers, whatever the layer count
+    assert {width: len(pointers) for width, pointers in written.items()} == {64: 4, 96: 2}
 
 
 @pytest.mark.parametrize("layers", ["rowwise", "int8"])
