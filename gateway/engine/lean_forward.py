@@ -174,13 +174,12 @@ class LeanForward:
         """One token per row ([rows, 1] ids); the logits of every row. Bit-identical to the model's forward
         with SDPA; with the attention kernel (`attention`), equal to rounding (see decode_attention.py)."""
         if self.fused is not None and mask.dtype == torch.bool:
-            inner = self.model.model
-            x = F.embedding(input_ids[:, 0], inner.embed_tokens.weight, inner.embed_tokens.padding_idx)
+            x = self._embed(input_ids[:, 0])
             valid = mask[:, 0, 0]
             if self.fused.supports(x, cache.keys, cache.values, valid):
                 cos, sin = (t.contiguous() for t in self._rotary(position_ids))
                 self.fused(x, cos, sin, cache.keys, cache.values, cache.target, valid)
-                return self.model.lm_head.forward(_rms_norm(inner.norm, x))
+                return self._logits(x)
         attend = self._decode_attention(cache, cache.target, input_ids.shape[0], mask)
         return self._stack(input_ids[:, 0], self._rotary(position_ids), attend)
 
@@ -248,13 +247,12 @@ class LeanForward:
         if self.fused is not None and mask.dtype == torch.bool and size * (prefix + size) <= FUSED_CHUNK_MAX_SCORES:
             # the fused layers carry the chunk: the Python stack's per-op overhead was most of what a mixed step
             # cost beyond the decode step early in a prompt
-            inner = self.model.model
-            x = F.embedding(ids, inner.embed_tokens.weight, inner.embed_tokens.padding_idx)
+            x = self._embed(ids)
             valid = mask[:, 0, 0]
             if self.fused.supports(x, cache.keys, cache.values, valid):
                 spec = (size, prefix, chunk_target)
                 self.fused(x, cos, sin, cache.keys, cache.values, decode_target, valid, chunk=spec)
-                return self.model.lm_head.forward(_rms_norm(inner.norm, x[keep]))
+                return self._logits(x[keep])
         to_rows = self._decode_attention(cache, decode_target, rows, mask)
         to_chunk = self._chunk_attention(cache, chunk_target, size, prefix)
 
@@ -301,8 +299,7 @@ class LeanForward:
 
     def _stack(self, ids: torch.Tensor, rotary: tuple, attend: Any, keep: Any = None) -> torch.Tensor:
         """The layers over flat tokens; logits of the `keep` tokens (index or slice; default all)."""
-        inner = self.model.model
-        x = F.embedding(ids, inner.embed_tokens.weight, inner.embed_tokens.padding_idx)  # [tokens, hidden]
+        x = self._embed(ids)
         tokens = x.shape[0]
         cos, sin = rotary
         glue = self.glue
@@ -324,8 +321,8 @@ class LeanForward:
                 return linear_into(linear, h, buffer(kind, linear.weight.shape[0]))
             return linear.forward(h)
 
-        def normed(weight: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:  # into the hidden-width buffer
-            return norm(weight, x) if glue is None else glue.rms_norm(weight, x, buffer("hidden", x.shape[1]))
+        def normed(layer_norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:  # into the hidden-width buffer
+            return norm(layer_norm, x) if glue is None else glue.rms_norm(layer_norm, x, buffer("hidden", x.shape[1]))
 
         for index, layer in enumerate(self.layers):
             attn = layer.self_attn
@@ -347,6 +344,13 @@ class LeanForward:
             else:
                 gate = glue.silu_mul(gate, up)
             x = x.add_(project(mlp.down_proj, gate, "hidden"))
-        if keep is not None:
-            x = x[keep]
-        return self.model.lm_head.forward(_rms_norm(inner.norm, x))
+        return self._logits(x if keep is None else x[keep])
+
+    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """[tokens] ids -> [tokens, hidden]: the model's own embedding."""
+        embed = self.model.model.embed_tokens
+        return F.embedding(ids, embed.weight, embed.padding_idx)
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The final norm and the output layer over [tokens, hidden]."""
+        return self.model.lm_head.forward(_rms_norm(self.model.model.norm, x))
