@@ -144,10 +144,10 @@ def main() -> None:
     import torch
 
     from gateway.engine.batched import BatchedEngine
-    from gateway.gc_heap import bound_heap_retention, release_free_memory
+    from gateway.gc_heap import MALLOC_THRESHOLDS, release_free_memory
     from gateway.openmp_pool import release_openmp_workers
 
-    bound_heap_retention()  # as the server does at start
+    MALLOC_THRESHOLDS.install()  # as the server does at start
 
     loaded, tokenizer = load(args.dtype, args.linear_kernel)
     engine = BatchedEngine(  # with the C kernels the loader built, as the server runs it

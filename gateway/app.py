@@ -15,7 +15,7 @@ from gateway.access.setup import install_access
 from gateway.access_log import AccessLog, PromptCaptureMiddleware
 from gateway.audio.body import audio_body_rules
 from gateway.errors import install_error_handlers
-from gateway.gc_heap import bound_heap_retention, freeze_heap
+from gateway.gc_heap import MALLOC_THRESHOLDS, freeze_heap
 from gateway.metrics.gateway_metrics import GatewayMetrics
 from gateway.middleware import (
     BodySizeLimitMiddleware,
@@ -71,7 +71,7 @@ def create_app(settings: Settings | None = None, *, factory: ModelFactory | None
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Load the preload models in the background: /health answers now, /health/ready turns 200 when
         # they are in; the other models load on their first request.
-        bound_heap_retention()  # before any load: freed activations go back to the OS, not the heap
+        MALLOC_THRESHOLDS.install()  # before any load: glibc keeps no freed activations beyond its thresholds
         loading = asyncio.create_task(registry.load_all())
         app.state.metrics.gc_pauses.timer.install()
         freeze_heap()  # the app as built lives as long as the process: out of every later full collection

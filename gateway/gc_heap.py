@@ -121,11 +121,6 @@ class MallocThresholds:
 MALLOC_THRESHOLDS = MallocThresholds()
 
 
-def bound_heap_retention() -> None:
-    """Pin glibc's malloc thresholds for serving (the app, and benches that run engines as it does)."""
-    MALLOC_THRESHOLDS.install()
-
-
 def release_free_memory() -> None:
     """Hand freed heap pages back to the OS (glibc keeps them otherwise): lower RSS after loading/bursts."""
     try:
