@@ -16,7 +16,11 @@ from langchain_openai import ChatOpenAI
 from gateway.settings import EMBEDDED_DEFAULT_MAX_TOKENS
 from tests.integration.conftest import MODEL, RunningServer
 
-RUNS = 4  # of each prompt; the README's figures come from 20
+RUNS = 4  # of "Hi" and "Tell me a joke": they ended with `stop` on all of the README's 20 runs
+# "What is the capital of France?" still runs to the cap now and then: about one draw in several hundred with
+# the model's repetition penalty (1 of 48 without it): 12 runs of it, at most one at the cap.
+FRANCE_RUNS = 12
+FRANCE_AT_CAP = 1
 
 
 async def _sdk_chat(client: openai.AsyncOpenAI, prompt: str) -> tuple[str, int]:
@@ -37,15 +41,27 @@ def test_readme_prompts_end_with_stop_at_default_settings(server: RunningServer)
         async with openai.AsyncOpenAI(base_url=server.base_url, api_key="x", max_retries=0, timeout=300) as sdk:
             llm = ChatOpenAI(model=MODEL, base_url=server.base_url, api_key="x", max_retries=0, timeout=300)
             prompts = {
-                "Hi": lambda: _sdk_chat(sdk, "Hi"),
-                "Tell me a joke": lambda: _langchain_stream(llm, "Tell me a joke"),
-                "What is the capital of France?": lambda: _sdk_chat(sdk, "What is the capital of France?"),
+                "Hi": (RUNS, lambda: _sdk_chat(sdk, "Hi")),
+                "Tell me a joke": (RUNS, lambda: _langchain_stream(llm, "Tell me a joke")),
+                "What is the capital of France?": (
+                    FRANCE_RUNS,
+                    lambda: _sdk_chat(sdk, "What is the capital of France?"),
+                ),
             }
-            results = await asyncio.gather(*[make() for make in prompts.values() for _ in range(RUNS)])
-        return {name: results[i * RUNS : (i + 1) * RUNS] for i, name in enumerate(prompts)}
+            calls = [(name, make) for name, (runs, make) in prompts.items() for _ in range(runs)]
+            results = await asyncio.gather(*[make() for _, make in calls])
+        outcomes: dict[str, list[tuple[str, int]]] = {name: [] for name in prompts}
+        for (name, _), result in zip(calls, results, strict=True):
+            outcomes[name].append(result)
+        return outcomes
 
-    for prompt, outcomes in asyncio.run(run()).items():
-        assert [reason for reason, _ in outcomes] == ["stop"] * RUNS, (prompt, outcomes)
+    outcomes = asyncio.run(run())
+    for prompt in ("Hi", "Tell me a joke"):
+        assert [reason for reason, _ in outcomes[prompt]] == ["stop"] * RUNS, (prompt, outcomes[prompt])
+    france = outcomes["What is the capital of France?"]
+    capped = [(reason, tokens) for reason, tokens in france if reason != "stop"]
+    assert len(capped) <= FRANCE_AT_CAP, france
+    assert all(reason == "length" and tokens == EMBEDDED_DEFAULT_MAX_TOKENS for reason, tokens in capped), france
 
 
 def test_a_request_without_max_tokens_is_capped_by_the_model_default(server: RunningServer) -> None:
