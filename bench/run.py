@@ -20,8 +20,9 @@ path). All servers stay up for the whole run; at each concurrency level the targ
 `--rounds` times, so background noise hits them alike. Each of the N streams sends `--requests`
 chat completions back to back (streaming, greedy, `--max-tokens` tokens). Reported per target and
 level: TTFT p50/p95, per-stream decode tok/s (tokens after the first / time after the first),
-aggregate tok/s (all tokens / wall time), the server's peak RSS over the run, and the ratio of
-aggregate tok/s to the reference target. `generate` is in-process `model.generate` (one stream).
+aggregate tok/s (all tokens / wall time), the server's peak RSS over the run (the kernel's VmHWM, reset
+after the warm-up: nothing polls while a server is measured), and the ratio of aggregate tok/s to the
+reference target. `generate` is in-process `model.generate` (one stream).
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -47,6 +47,7 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.long_prompt import status  # noqa: E402
 from bench.workloads import PROMPTS, WORKLOADS, PromptMaker, workload_prompts  # noqa: E402
 
 DEFAULT_CB_ARGS = "--cb-num-blocks 64 --cb-block-size 32 --cb-max-batch-tokens 512"
@@ -307,18 +308,36 @@ class GenerateBaseline:
         return Sample(ttft=token_stamps[0] - started, decode_tps=decode, tokens=tokens)
 
 
-def watch_rss(targets: list[Target], stop: threading.Event) -> None:
-    while not stop.is_set():
-        for target in targets:
-            if target.process is None or target.process.poll() is not None:
-                continue
-            try:
-                proc = psutil.Process(target.process.pid)
-                rss = proc.memory_info().rss + sum(c.memory_info().rss for c in proc.children(recursive=True))
-                target.peak_rss = max(target.peak_rss, rss)
-            except psutil.Error:
-                pass
-        stop.wait(0.05)
+def server_pids(target: Target) -> list[int]:
+    """The server's process and its children (vLLM's engine core), listed once: scanning /proc for children
+    while the others are measured cost the benchmark's process ~8 % of a core (20 scans a second)."""
+    if target.process is None or target.process.poll() is not None:
+        return []
+    try:
+        proc = psutil.Process(target.process.pid)
+        return [proc.pid] + [child.pid for child in proc.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def reset_peak_rss(targets: list[Target]) -> dict[str, list[int]]:
+    """Set every server process's peak (VmHWM) to its RSS now; returns the processes to read at the end."""
+    pids = {target.name: server_pids(target) for target in targets}
+    for pid in (pid for listed in pids.values() for pid in listed):
+        with contextlib.suppress(OSError):  # then the peak counts from the process's start
+            Path(f"/proc/{pid}/clear_refs").write_text("5")
+    return pids
+
+
+def read_peak_rss(targets: list[Target], pids: dict[str, list[int]]) -> None:
+    """Each server's peak RSS since the reset, from the kernel (no polling: nothing runs beside the servers
+    while they are measured); a server of several processes gets the sum of their peaks (≥ the peak sum)."""
+    for target in targets:
+        total = 0
+        for pid in pids.get(target.name, []):
+            with contextlib.suppress(OSError, KeyError):
+                total += status("VmHWM", pid)
+        target.peak_rss = total
 
 
 def pct(values: list[float], q: float) -> float:
@@ -404,10 +423,9 @@ def main() -> None:
         f"CPU: {isa}\nmodel: {path}\ndtype: {args.dtype}  levels: {args.levels}  workloads: {args.workloads}  "
         f"requests/stream: {args.requests}  rounds: {args.rounds}  max_tokens: {args.max_tokens}  logs: {log_dir}"
     )
-    stop = threading.Event()
-    watcher = threading.Thread(target=watch_rss, args=(servers, stop), daemon=True)
     results: dict[tuple[str, str, int], dict] = {}
     maker = PromptMaker(path) if any(w != "chat" for w in args.workloads) else None
+    rss_pids: dict[str, list[int]] = {}
     try:
         started = {}
         for target in servers:
@@ -420,7 +438,7 @@ def main() -> None:
             with paused([t for t in servers if t is not target] if args.pause_others else []):
                 asyncio.run(run_level(target, 1, 1, 8))
                 asyncio.run(run_level(target, 8, 1, 16))
-        watcher.start()
+        rss_pids = reset_peak_rss(servers)
         baseline = next((GenerateBaseline(path, args.dtype) for t in targets if t.kind == "generate"), None)
         if baseline is not None:
             baseline.run(PROMPTS[0], 8)
@@ -455,7 +473,7 @@ def main() -> None:
                     }
                 say(f"{workload} level {level} done")
     finally:
-        stop.set()
+        read_peak_rss(servers, rss_pids)  # before the servers exit
         for target in servers:
             if target.process is not None and target.process.poll() is None:
                 target.process.send_signal(signal.SIGINT)
