@@ -40,11 +40,26 @@ class DecodeAttention:
         self._scratch = library.decode_attention_scratch
         self._scratch.argtypes = [integer, integer]
         self._scratch.restype = long
+        self._chunk = library.chunk_attention_f32
+        self._chunk.argtypes = [pointer] * 5 + [integer] * 5 + [long] * 2 + [ctypes.c_float, integer]
+        self._chunk.restype = None
+        self._chunk_scratch = library.chunk_attention_scratch
+        self._chunk_scratch.argtypes = [integer] * 5
+        self._chunk_scratch.restype = long
 
     @property
     def address(self) -> int:
         """The C function `decode_attention_f32`, for other native code to call (decode_layers.c)."""
         return ctypes.cast(self._attend, ctypes.c_void_p).value or 0
+
+    @property
+    def chunk_address(self) -> int:
+        """The C function `chunk_attention_f32` (a prompt chunk's causal attention), for decode_layers.c."""
+        return ctypes.cast(self._chunk, ctypes.c_void_p).value or 0
+
+    def chunk_scratch_floats(self, tokens: int, heads: int, cols: int, d: int, threads: int) -> int:
+        """Floats of scratch `chunk_attention_f32` needs (all threads together)."""
+        return self._chunk_scratch(tokens, heads, cols, d, threads)
 
     def scratch_floats(self, groups: int, cols: int) -> int:
         """Floats of scratch one thread needs for `groups` query heads per KV head over `cols` columns."""
@@ -89,6 +104,34 @@ class DecodeAttention:
             values.stride(0),
             values.stride(1),
             valid.stride(0),
+            scale,
+            threads,
+        )
+        return out
+
+    def chunk(
+        self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, prefix: int, scale: float
+    ) -> torch.Tensor:
+        """A prompt chunk's attention over one cache row, causal: q [tokens, heads, d] contiguous (token t at
+        position prefix + t), keys/values [kv_heads, prefix + tokens, d] (heads strided, columns d apart).
+        Returns [tokens, heads * d]. The fused layers call the same function for mixed steps."""
+        tokens, heads, d = q.shape
+        threads = torch.get_num_threads()
+        out = torch.empty(tokens, heads * d, dtype=q.dtype)
+        scratch = torch.empty(self.chunk_scratch_floats(tokens, heads, prefix + tokens, d, threads))
+        self._chunk(
+            q.data_ptr(),
+            keys.data_ptr(),
+            values.data_ptr(),
+            out.data_ptr(),
+            scratch.data_ptr(),
+            tokens,
+            prefix,
+            heads,
+            keys.shape[0],
+            d,
+            keys.stride(0),
+            values.stride(0),
             scale,
             threads,
         )

@@ -37,15 +37,20 @@ struct dims {
     float scale; /* the attention's softmax scale */
 };
 
+typedef void (*chunk_attention_fn)(const float *q, const float *k, const float *v, float *out, float *scratch,
+                                   int tokens, int prefix, int heads, int kv_heads, int d, long k_head, long v_head,
+                                   float scale, int threads);
+
 /* A prompt chunk carried by a decode step (a mixed step): `tokens` rows after the decode rows, prompt
  * positions [prefix, prefix + tokens) of one cache row whose prompt columns start `key_at` / `value_at`
- * floats into each layer's keys / values. Token t attends to the prompt's columns [0, prefix + t], as
- * `valid` says ([tokens, prefix + tokens] bytes), through the same attention function as the decode rows
- * (row strides 0: every token reads the one row). */
+ * floats into each layer's keys / values. Token t attends to the prompt's columns [0, prefix + t] through
+ * `attend` (decode_attention.c's chunk_attention_f32: each block of the row's keys read once for all the
+ * chunk's tokens), with `scratch` (chunk_attention_scratch floats). */
 struct chunk {
     int tokens, prefix;
     long key_at, value_at;
-    const unsigned char *valid;
+    chunk_attention_fn attend;
+    float *scratch;
 };
 
 /* y = x / sqrt(mean(x^2) + eps) * w, row by row (y may be x) */
@@ -157,7 +162,6 @@ void decode_layers(const struct layer *layers, int n_layers, const struct dims *
                valid_row, m->scale, threads);
         if (chunk) {
             float *chunk_keys = keys[index] + chunk->key_at, *chunk_values = values[index] + chunk->value_at;
-            int seen = chunk->prefix + chunk->tokens;
             for (int t = 0; t < chunk->tokens; t++)
                 for (int j = 0; j < m->kv_heads; j++) {
                     size_t from = ((size_t)(decode_rows + t) * m->kv_heads + j) * d;
@@ -166,9 +170,9 @@ void decode_layers(const struct layer *layers, int n_layers, const struct dims *
                     at = (size_t)j * v_head + (size_t)(chunk->prefix + t) * d;
                     memcpy(chunk_values + at, v + from, (size_t)d * 4);
                 }
-            attend(q + (size_t)decode_rows * qd, chunk_keys, chunk_values, chunk->valid,
-                   att + (size_t)decode_rows * qd, attention_scratch, chunk->tokens, m->heads, m->kv_heads, seen, d,
-                   0, k_head, 0, v_head, seen, m->scale, threads);
+            chunk->attend(q + (size_t)decode_rows * qd, chunk_keys, chunk_values, att + (size_t)decode_rows * qd,
+                          chunk->scratch, chunk->tokens, chunk->prefix, m->heads, m->kv_heads, d, k_head, v_head,
+                          m->scale, threads);
         }
         run(&L->o, att, o, rows, threads);
         add_into(x, o, (long)rows * hidden);

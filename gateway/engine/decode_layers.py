@@ -46,7 +46,7 @@ class _Dims(ctypes.Structure):
 
 
 class _Chunk(ctypes.Structure):
-    _fields_ = [("tokens", _I), ("prefix", _I), ("key_at", _L), ("value_at", _L), ("valid", _P)]
+    _fields_ = [("tokens", _I), ("prefix", _I), ("key_at", _L), ("value_at", _L), ("attend", _P), ("scratch", _P)]
 
 
 def _pointer(tensor: torch.Tensor | None) -> int | None:
@@ -211,7 +211,7 @@ class FusedLayers:
         `chunk` = (tokens, prefix, cache target of `target_chunk`): the last `tokens` rows of x (and of cos/sin)
         are a prompt chunk at positions [prefix, prefix + tokens) of the target's row (a mixed step); they go
         through the same Linear layers and glue, and attend causally over that row's prompt columns through the
-        decode attention kernel (each token reads the row's keys; those of a layer stay in cache between them).
+        chunk attention kernel (decode_attention.c: each block of the row's keys read once for all its tokens).
         """
         rows = x.shape[0]
         _, _, write_col, _, first_col = target
@@ -220,15 +220,17 @@ class FusedLayers:
         scratch = torch.empty(self.library.scratch(dims, rows), dtype=torch.float32)
         groups = self._dims.heads // self._dims.kv_heads
         k0, v0 = keys[0], values[0]
-        cols, spec, causal = write_col + 1 - first_col, None, None
+        spec, chunk_scratch = None, None
         if chunk is not None:
             tokens, prefix, (row, _, _, _, origin) = chunk
-            seen = prefix + tokens
-            positions = torch.arange(seen)
-            causal = positions[None, :] <= positions[prefix:, None]  # [tokens, seen]: token t sees [0, prefix + t]
+            heads, seen = self._dims.heads, prefix + tokens
+            floats = self.attention.chunk_scratch_floats(tokens, heads, seen, self._dims.d, threads)
+            chunk_scratch = torch.empty(floats, dtype=torch.float32)
             at_k, at_v = row * k0.stride(0) + origin * k0.stride(2), row * v0.stride(0) + origin * v0.stride(2)
-            spec = ctypes.byref(_Chunk(tokens, prefix, at_k, at_v, causal.data_ptr()))
-            rows, cols = rows - tokens, max(cols, seen)
+            address = self.attention.chunk_address
+            spec = ctypes.byref(_Chunk(tokens, prefix, at_k, at_v, address, chunk_scratch.data_ptr()))
+            rows -= tokens
+        cols = write_col + 1 - first_col
         attention_scratch = torch.empty(threads * self.attention.scratch_floats(groups, cols), dtype=torch.float32)
         key_pointers = (_P * self.count)(*[t.data_ptr() for t in keys[: self.count]])
         value_pointers = (_P * self.count)(*[t.data_ptr() for t in values[: self.count]])

@@ -103,12 +103,6 @@ def prefix_causal_attention(
 
 
 PACK_GQA_MAX_QUERIES = 64
-# A mixed step runs on the fused C layers while its chunk has at most this many (token, earlier column) pairs:
-# there each chunk token reads the prompt's keys through the decode attention kernel, one token at a time, which
-# beats the Python stack's fixed per-op cost on short prefixes but not the flash kernel's single pass on long
-# ones. SmolLM2 fp32, one decode row, 2-core Sapphire Rapids, step with 4 chunk tokens fused vs Python stack:
-# 29.7 vs 43.9 ms with no prefix, 56.8 vs 64.5 at 3,000 tokens, 118 vs 95 at 7,000; 16 tokens at 1,000: 68 vs 67.
-FUSED_CHUNK_MAX_SCORES = 16_384
 
 
 def flash_attention(
@@ -232,8 +226,9 @@ class LeanForward:
         (input_ids [1, q], position_ids, prefix, cache target) as `chunk`; the targets are `cache.target`
         after `begin_decode` and after `target_chunk`. Returns [rows + 1, vocab]: each decode row's logits
         (bit-identical to `decode` where the Linear layers give a row the same result in any batch, e.g. the
-        rowwise kernel within its row limit) and then the chunk's last token's. With the fused layers and a
-        short prefix (FUSED_CHUNK_MAX_SCORES) the chunk rides in their C loop, else the Python stack runs both.
+        rowwise kernel within its row limit) and then the chunk's last token's. With the fused layers the chunk
+        rides in their C loop (its attention: the chunk kernel, each block of the prompt's keys read once for all
+        its tokens), else the Python stack runs both.
         """
         decode_ids, decode_positions, mask, decode_target = decode
         chunk_ids, chunk_positions, prefix, chunk_target = chunk
@@ -244,9 +239,12 @@ class LeanForward:
         ids = torch.cat([decode_ids[:, 0], chunk_ids[0]])
         keep = torch.arange(rows + 1, device=ids.device)
         keep[-1] = rows + size - 1
-        if self.fused is not None and mask.dtype == torch.bool and size * (prefix + size) <= FUSED_CHUNK_MAX_SCORES:
+        if self.fused is not None and mask.dtype == torch.bool:
             # the fused layers carry the chunk: the Python stack's per-op overhead was most of what a mixed step
-            # cost beyond the decode step early in a prompt
+            # cost beyond the decode step early in a prompt, and its flash kernel is slower than the chunk
+            # kernel on a few tokens late in one (SmolLM2 fp32, 4 tokens over 7,000 columns, 30 layers: 28 vs 42
+            # ms); an 8k prompt beside a stream took 124 s with the Python stack past 16k token x column pairs,
+            # 83 s fused throughout, and the stream's gap p95 went from 2.8x to 1.7x its normal
             x = self._embed(ids)
             valid = mask[:, 0, 0]
             if self.fused.supports(x, cache.keys, cache.values, valid):

@@ -36,6 +36,32 @@ static inline float hsum(vf v) {
 }
 #endif
 
+/* The lane sums of four vectors at once (out[0..3]): one transposing reduction instead of four. */
+#if defined(__AVX512F__)
+static inline void hsum4(vf a, vf b, vf c, vf d, float *out) {
+    __m512 t0 = _mm512_add_ps(_mm512_unpacklo_ps((__m512)a, (__m512)b), _mm512_unpackhi_ps((__m512)a, (__m512)b));
+    __m512 t1 = _mm512_add_ps(_mm512_unpacklo_ps((__m512)c, (__m512)d), _mm512_unpackhi_ps((__m512)c, (__m512)d));
+    __m512d lo = _mm512_unpacklo_pd(_mm512_castps_pd(t0), _mm512_castps_pd(t1));
+    __m512d hi = _mm512_unpackhi_pd(_mm512_castps_pd(t0), _mm512_castps_pd(t1));
+    __m512 t = _mm512_add_ps(_mm512_castpd_ps(lo), _mm512_castpd_ps(hi)); /* each 128-bit lane: a, b, c, d */
+    __m256 h = _mm256_add_ps(_mm512_castps512_ps256(t), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(t), 1)));
+    _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+}
+#elif defined(__AVX__)
+static inline void hsum4(vf a, vf b, vf c, vf d, float *out) {
+    __m256 t0 = _mm256_add_ps(_mm256_unpacklo_ps((__m256)a, (__m256)b), _mm256_unpackhi_ps((__m256)a, (__m256)b));
+    __m256 t1 = _mm256_add_ps(_mm256_unpacklo_ps((__m256)c, (__m256)d), _mm256_unpackhi_ps((__m256)c, (__m256)d));
+    __m256d lo = _mm256_unpacklo_pd(_mm256_castps_pd(t0), _mm256_castps_pd(t1));
+    __m256d hi = _mm256_unpackhi_pd(_mm256_castps_pd(t0), _mm256_castps_pd(t1));
+    __m256 t = _mm256_add_ps(_mm256_castpd_ps(lo), _mm256_castpd_ps(hi)); /* each 128-bit lane: a, b, c, d */
+    _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1)));
+}
+#else
+static inline void hsum4(vf a, vf b, vf c, vf d, float *out) {
+    out[0] = hsum(a), out[1] = hsum(b), out[2] = hsum(c), out[3] = hsum(d);
+}
+#endif
+
 /* exp(x) for x <= 0 (scores minus their maximum), lane-wise: 2^n * p(r) with x = n ln2 + r, |r| <= ln2 / 2,
  * p a degree-6 polynomial (Cephes' expf coefficients: ~1 ulp). Below -87 the result flushes to 0. */
 static inline vf vexp(vf x) {

@@ -68,6 +68,43 @@ def test_the_kernel_gives_sdpas_attention(shape: tuple, decode_attention: Decode
         torch.testing.assert_close(got, sdpa(q, keys, values, valid, d**-0.5), atol=2e-5, rtol=1e-5)
 
 
+CHUNK_SHAPES = [  # tokens, heads, kv_heads, head size, prefix (the chunk kernel's blocks are 256 columns)
+    (4, 9, 3, 64, 0),
+    (1, 9, 3, 64, 255),
+    (16, 9, 3, 64, 700),
+    (3, 4, 4, 32, 256),
+    (5, 6, 2, 36, 513),
+    (7, 32, 8, 128, 90),
+    (2, 8, 1, 64, 1500),
+]
+
+
+@pytest.mark.parametrize("shape", CHUNK_SHAPES, ids=str)
+def test_the_chunk_kernel_gives_causal_attention(
+    shape: tuple, decode_attention: DecodeAttention, anyio_backend: str
+) -> None:
+    """A prompt chunk over one cache row (a strided view, as mixed steps pass it): token t sees the prefix and
+    the chunk's tokens up to itself, with any number of threads; equal to SDPA's causal attention to rounding."""
+    tokens, heads, kv_heads, d, prefix = shape
+    generator = torch.Generator().manual_seed(prefix + tokens)
+    cache = torch.randn(2, 2, kv_heads, prefix + tokens + 40, d, generator=generator)
+    keys, values = cache[0, 1, :, 5 : 5 + prefix + tokens], cache[1, 1, :, 5 : 5 + prefix + tokens]
+    q = torch.randn(tokens, heads, d, generator=generator) * 2
+    seen = torch.arange(prefix + tokens)[None, :] <= torch.arange(prefix, prefix + tokens)[:, None]
+    grouped = q.transpose(0, 1)[None]
+    expected = F.scaled_dot_product_attention(
+        grouped, keys[None], values[None], attn_mask=seen, scale=d**-0.5, enable_gqa=True
+    )
+    expected = expected[0].transpose(0, 1).reshape(tokens, heads * d)
+    for threads in (1, 2, 3):
+        torch.set_num_threads(threads)
+        try:
+            got = decode_attention.chunk(q, keys, values, prefix, d**-0.5)
+        finally:
+            torch.set_num_threads(2)
+        torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-5)
+
+
 def test_a_rows_result_is_the_same_alone_in_any_window(decode_attention: DecodeAttention, anyio_backend: str) -> None:
     """Masked columns are skipped, not weighted by zero: a row alone (only its own columns) gives the same bits."""
     keys, values, valid = cache_views(6, 2, 200, 64, seed=5)

@@ -16,7 +16,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gateway.engine import lean_forward
 from gateway.engine.batched import BatchedEngine
 from gateway.engine.decode_attention import DecodeAttention
 from gateway.engine.decode_layers import DecodeLayers, FusedLayers
@@ -131,16 +130,14 @@ def test_a_row_gets_the_same_bits_alone(
 def test_decode_rows_of_mixed_steps_get_the_decode_steps_bits(
     name: str, kernel: RowwiseKernel, decode_attention: DecodeAttention, decode_layers: DecodeLayers
 ) -> None:
-    """Mixed steps carry their chunk through the fused C loop (short prefixes) or run the Python stack on the
-    fused layers' own glue (long ones): either way a decode row's logits are those of a decode step, bit for
-    bit, and the chunk's those of the chunk alone to rounding."""
+    """Mixed steps carry their chunk through the fused C loop, or (where the fused layers cannot take the step)
+    run the Python stack on the fused layers' own glue: either way a decode row's logits are those of a decode
+    step, bit for bit, and the chunk's those of the chunk alone to rounding."""
     model = on_kernels(name, "fp32", kernel)
-    for limit, carried in ((lean_forward.FUSED_CHUNK_MAX_SCORES, True), (0, False)):
-        spy = ChunkSpy(decode_layers.stack(model, decode_attention))
+    for spy_type, carried in ((ChunkSpy, True), (NoChunks, False)):
+        spy = spy_type(decode_layers.stack(model, decode_attention))
         lean = LeanForward(model, decode_attention, spy)  # type: ignore[arg-type]
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(lean_forward, "FUSED_CHUNK_MAX_SCORES", limit)
-            apart, mixed = run_twins(model, lean)
+        apart, mixed = run_twins(model, lean)
         assert_same(apart, mixed, exact_rows=True)
         assert any(chunk is not None for chunk in spy.chunks) == carried  # the mixed steps took the path meant
 
@@ -157,6 +154,13 @@ class ChunkSpy:
     def __call__(self, *args: Any, chunk: tuple | None = None) -> torch.Tensor:
         self.chunks.append(chunk)
         return self.fused(*args, chunk=chunk)
+
+
+class NoChunks(ChunkSpy):
+    """Fused layers that take decode steps but decline mixed ones (more rows of x than decode rows in `valid`)."""
+
+    def supports(self, x: torch.Tensor, keys: list, values: list, valid: torch.Tensor) -> bool:
+        return x.shape[0] == valid.shape[0] and self.fused.supports(x, keys, values, valid)
 
 
 def test_layers_not_on_the_kernels_are_not_fused(
