@@ -103,6 +103,10 @@ def prefix_causal_attention(
 
 
 PACK_GQA_MAX_QUERIES = 64
+# ... and any number of queries over at least this many keys: a full chunk's attention to a long prefix then runs
+# on the kernel's bigger query blocks and reads each KV head once (512 queries x 9 heads, SmolLM2, 2 threads:
+# 31.8 vs 36.7 ms at 7,500 keys, 23.9 vs 26.6 at 5,500, even at 3,000, 7 % slower at 1,000-2,000; same bits)
+PACK_GQA_MIN_KEYS = 3072
 
 
 def flash_attention(
@@ -110,16 +114,17 @@ def flash_attention(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """torch's CPU flash kernel: (output, log-sum-exp of the scores) for [1, heads, q, d] queries.
 
-    Without a causal mask and for at most `PACK_GQA_MAX_QUERIES` queries, the query heads that share a KV
-    head go in as one longer run of queries of that head (transformers' pack_gqa): the kernel then reads
-    each KV head's keys and values once for all of them instead of once per query head. A few chunk tokens
-    over an 8k-token prefix (a mixed step's) are mostly those reads; a full chunk is compute-bound, where
-    packing only adds two copies (an 8k prompt alone measured 0.62x of f80dbe5 with every chunk packed,
-    0.59-0.65x without: inside the noise, so the copies are not taken there)."""
+    Without a causal mask, for at most `PACK_GQA_MAX_QUERIES` queries or over at least `PACK_GQA_MIN_KEYS`
+    keys, the query heads that share a KV head go in as one longer run of queries of that head (transformers'
+    pack_gqa): the kernel then reads each KV head's keys and values once for all of them instead of once per
+    query head, in bigger query blocks. A few chunk tokens over an 8k-token prefix are mostly those reads; a
+    full chunk over a short prefix is compute-bound, where packing only adds a copy (every chunk packed, an 8k
+    prompt alone measured 0.62x of f80dbe5, 0.59-0.65x with none: inside that run-to-run noise)."""
     flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
     batch, heads, length, d = query.shape
     kv_heads = keys.shape[1]
-    if causal or kv_heads == heads or batch != 1 or length > PACK_GQA_MAX_QUERIES:
+    pack = length <= PACK_GQA_MAX_QUERIES or keys.shape[2] >= PACK_GQA_MIN_KEYS
+    if causal or kv_heads == heads or batch != 1 or not pack:
         out, lse = flash(query, keys, values, 0.0, causal, scale=scale)[:2]
         return out, lse
     packed = query.reshape(1, kv_heads, heads // kv_heads * length, d)

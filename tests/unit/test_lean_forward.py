@@ -106,8 +106,9 @@ def test_lean_step_matches_the_model_forward_bit_for_bit(name: str, anyio_backen
     steps_both_ways(model)
 
 
-@pytest.mark.parametrize("prefix, size", [(0, 7), (5, 1), (23, 9), (40, 40), (100, 70)])  # 70: not packed
+@pytest.mark.parametrize("prefix, size", [(0, 7), (5, 1), (23, 9), (40, 40), (100, 70), (3100, 70)])
 def test_split_attention_equals_one_masked_call(prefix: int, size: int, anyio_backend: str) -> None:
+    """(100, 70): too many queries to pack for so few keys; (3100, 70): packed again (PACK_GQA_MIN_KEYS)."""
     generator = torch.Generator().manual_seed(prefix + size)
     query = torch.randn(1, 6, size, 16, generator=generator)
     keys, values = (torch.randn(1, 2, prefix + size, 16, generator=generator) for _ in range(2))
@@ -295,3 +296,26 @@ def test_a_check_that_raises_keeps_the_model_forward(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(lean_path, "matches_model_forward", broken)
     path = LeanPath(tiny_model(), BatchKVCache(2, torch.device("cpu")), lambda *args: "full")
     assert path.path == "model" and path.decode(1, 2, 3) == "full"
+
+
+def test_many_queries_over_a_long_prefix_go_in_packed_with_the_same_result(
+    monkeypatch: pytest.MonkeyPatch, anyio_backend: str
+) -> None:
+    """A full chunk over PACK_GQA_MIN_KEYS keys or more: its query heads go in as one run per KV head."""
+    generator = torch.Generator().manual_seed(3)
+    query = torch.randn(70, 6, 16, generator=generator).transpose(0, 1)[None]  # as the stack passes it: a view
+    keys, values = (torch.randn(1, 2, lean_forward.PACK_GQA_MIN_KEYS, 16, generator=generator) for _ in range(2))
+    flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    shapes = []
+
+    def spy(q: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        shapes.append(tuple(q.shape))
+        return flash(q, *args, **kwargs)
+
+    monkeypatch.setattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", spy)
+    packed = lean_forward.flash_attention(query, keys, values, 0.25, causal=False)
+    monkeypatch.setattr(lean_forward, "PACK_GQA_MIN_KEYS", 10**9)
+    plain = lean_forward.flash_attention(query, keys, values, 0.25, causal=False)
+    assert shapes == [(1, 2, 3 * 70, 16), (1, 6, 70, 16)]
+    torch.testing.assert_close(packed[0], plain[0], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(packed[1], plain[1], atol=1e-6, rtol=1e-6)
