@@ -113,7 +113,7 @@ void decode_attention_f32(const float *q, const float *k, const float *v, const 
  * every token that sees them (the `groups` query heads that share the KV head) goes over them; each keeps
  * its block's score maximum, exp-sum and weighted value sum, and a second pass merges the blocks of each
  * (token, head) by their maxima (flash-decoding). The columns split the work, so two threads share even a
- * single KV head's prompt. Results equal softmax attention to rounding (~1e-7 in the output). */
+ * single KV head's prompt. Results equal softmax attention to rounding (up to ~1e-6 in the output). */
 #define CHUNK_BLOCK 256
 
 static inline long chunk_blocks(int cols) { return (cols + CHUNK_BLOCK - 1) / CHUNK_BLOCK; }

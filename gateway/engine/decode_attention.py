@@ -118,7 +118,9 @@ class DecodeAttention:
         tokens, heads, d = q.shape
         threads = torch.get_num_threads()
         out = torch.empty(tokens, heads * d, dtype=q.dtype)
-        scratch = torch.empty(self.chunk_scratch_floats(tokens, heads, prefix + tokens, d, threads))
+        scratch = torch.empty(
+            self.chunk_scratch_floats(tokens, heads, prefix + tokens, d, threads), dtype=torch.float32
+        )
         self._chunk(
             q.data_ptr(),
             keys.data_ptr(),
