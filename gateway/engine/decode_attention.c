@@ -23,6 +23,31 @@
  * indices of the valid columns. */
 long decode_attention_scratch(int groups, int cols) { return (long)groups * PADDED(cols) + cols; }
 
+/* q . k over d values (whole vectors, then the tail), times scale */
+static inline float scaled_dot(const float *q, const float *k, int d, float scale) {
+    int dv = d - d % VEC;
+    vf acc = {0};
+    for (int i = 0; i < dv; i += VEC) acc += *(const vf *)(q + i) * *(const vf *)(k + i);
+    float s = hsum(acc);
+    for (int i = dv; i < d; i++) s += q[i] * k[i];
+    return s * scale;
+}
+
+/* scores[0, n) -> exp(score - best) in place, the padding lanes after n zeroed (the buffer has room for whole
+ * vectors, so they can be summed); returns their sum */
+static inline float softmax_weights(float *scores, int n, float best) {
+    vf sum = {0};
+    vi lane;
+    for (int i = 0; i < VEC; i++) lane[i] = i;
+    for (int j = 0; j < n; j += VEC) {
+        vf e = vexp(*(vf *)(scores + j) - best);
+        e = (vf)((vi)e & (lane + j < n));
+        *(vf *)(scores + j) = e;
+        sum += e;
+    }
+    return hsum(sum);
+}
+
 static void attend_one(const float *q, const float *k, const float *v, const unsigned char *valid, float *out,
                        int groups, int cols, int d, float scale, float *scratch) {
     int dv = d - d % VEC, n = 0, padded = PADDED(cols);
@@ -33,26 +58,11 @@ static void attend_one(const float *q, const float *k, const float *v, const uns
         const float *qg = q + (size_t)g * d;
         float *sg = scratch + (size_t)g * padded, best = -INFINITY;
         for (int j = 0; j < n; j++) {
-            const float *kc = k + (size_t)index[j] * d;
-            vf acc = {0};
-            for (int i = 0; i < dv; i += VEC) acc += *(const vf *)(qg + i) * *(const vf *)(kc + i);
-            float s = hsum(acc);
-            for (int i = dv; i < d; i++) s += qg[i] * kc[i];
-            s *= scale;
-            sg[j] = s;
-            best = s > best ? s : best;
+            sg[j] = scaled_dot(qg, k + (size_t)index[j] * d, d, scale);
+            best = sg[j] > best ? sg[j] : best;
         }
-        /* softmax weights; the padding lanes after n are zeroed, so whole vectors can be summed */
-        vf sum = {0};
-        vi lane;
-        for (int i = 0; i < VEC; i++) lane[i] = i;
-        for (int j = 0; j < n; j += VEC) {
-            vf e = vexp(*(vf *)(sg + j) - best);
-            e = (vf)((vi)e & (lane + j < n));
-            *(vf *)(sg + j) = e;
-            sum += e;
-        }
-        float inv = n ? 1.0f / hsum(sum) : 0.0f;
+        float total = softmax_weights(sg, n, best);
+        float inv = n ? 1.0f / total : 0.0f;
         float *og = out + (size_t)g * d;
         /* out = sum of weight x value over the valid columns, accumulated in registers, 4 vectors at a time */
         int i0 = 0;
@@ -146,27 +156,12 @@ static void chunk_block(const float *qv, const float *k, const float *v, int c0,
             }
         }
     for (; j < n; j++) {
-        const float *kc = k + (size_t)(c0 + j) * d;
-        vf acc = {0};
-        for (int i = 0; i < dv; i += VEC) acc += *(const vf *)(qv + i) * *(const vf *)(kc + i);
-        float s = hsum(acc);
-        for (int i = dv; i < d; i++) s += qv[i] * kc[i];
-        s *= scale;
-        scores[j] = s;
-        best = s > best ? s : best;
-    }
-    vf sum = {0};
-    vi lane;
-    for (int i = 0; i < VEC; i++) lane[i] = i;
-    for (int j = 0; j < n; j += VEC) { /* scores has room for whole vectors: padding lanes are zeroed */
-        vf e = vexp(*(vf *)(scores + j) - best);
-        e = (vf)((vi)e & (lane + j < n));
-        *(vf *)(scores + j) = e;
-        sum += e;
+        scores[j] = scaled_dot(qv, k + (size_t)(c0 + j) * d, d, scale);
+        best = scores[j] > best ? scores[j] : best;
     }
     float *o = partial + 2;
     partial[0] = best;
-    partial[1] = hsum(sum);
+    partial[1] = softmax_weights(scores, n, best);
     int i0 = 0;
     for (; i0 + 4 * VEC <= dv; i0 += 4 * VEC) {
         vf a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
